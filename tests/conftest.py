@@ -1,0 +1,34 @@
+"""Shared fixtures: an isolated FLYWHEEL_HOME per test, tiny models built once per session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.tiny_models import build_causal_lm, build_seq2seq
+
+# Tests never touch the network: the Hub is either absent or our local test server.
+os.environ.setdefault("HF_HUB_OFFLINE", "0")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+
+@pytest.fixture(autouse=True)
+def flywheel_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every test writes under its own FLYWHEEL_HOME; the model cache is shared per session."""
+    home = tmp_path / "flywheel-home"
+    monkeypatch.setenv("FLYWHEEL_HOME", str(home))
+    return home
+
+
+@pytest.fixture(scope="session")
+def tiny_causal_lm(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_causal_lm(tmp_path_factory.mktemp("tiny-causal"))
+
+
+@pytest.fixture(scope="session")
+def tiny_seq2seq(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_seq2seq(tmp_path_factory.mktemp("tiny-t5"))
