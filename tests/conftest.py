@@ -32,3 +32,7 @@ def tiny_causal_lm(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_seq2seq(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_seq2seq(tmp_path_factory.mktemp("tiny-t5"))
+
+
+# The local Hub-compatible server (function-scoped fixture `hub_server`).
+from tests.hub_server import hub_server  # noqa: E402,F401
