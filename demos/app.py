@@ -62,7 +62,8 @@ def _task_tab(suite: Suite, task: Task, settings: SettingsPanel) -> None:
             outputs: list[gr.components.Component] = [output]
             if task.slug == "detox":
                 outputs.append(gr.Number(label="Toxicity score (0 = clean, 1 = toxic)", precision=4))
-            served_by = gr.JSON(label="Served by", open=False)
+            with gr.Accordion("Served by (model, adapter, revision, settings)", open=False):
+                served_by = gr.JSON(show_label=False)
             outputs.insert(1, served_by)
 
     def generate(*values: Any):
@@ -148,7 +149,8 @@ def _arena_tab(suite: Suite, task: Task, settings: SettingsPanel) -> None:
     with gr.Row():
         answer_a = gr.Textbox(label="Answer A", lines=8, interactive=False, elem_id="arena-a")
         answer_b = gr.Textbox(label="Answer B", lines=8, interactive=False, elem_id="arena-b")
-    served_by = gr.JSON(label="Served by", open=False)
+    with gr.Accordion("Served by (model, adapter, revision, settings)", open=False):
+        served_by = gr.JSON(show_label=False)
     vote = gr.Radio(list(ARENA_VOTES), label="Which answer is better?", elem_id="arena-vote")
     send = gr.Button("Send vote", elem_id="arena-send")
     status = gr.Markdown(elem_id="arena-status")

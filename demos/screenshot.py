@@ -49,9 +49,10 @@ def main() -> None:
                 page.locator(f"#{task.slug}-{field.name} textarea, #{task.slug}-{field.name} input").first.fill(
                     task.examples[0][field.name])
             page.locator(f"#{task.slug}-generate").click()
-            output = page.locator(f"#{task.slug}-output textarea")
-            page.wait_for_function("el => el.value.length > 40", arg=output.element_handle(), timeout=180_000)
-            page.wait_for_timeout(8000)
+            # The edit box is filled from the output once generation has finished.
+            edit = page.locator(f"#{task.slug}-edit textarea")
+            page.wait_for_function("el => el.value.length > 0", arg=edit.element_handle(), timeout=300_000)
+            page.locator(f"#{task.slug}-flag label").first.click()
             Path(args.out).parent.mkdir(parents=True, exist_ok=True)
             page.screenshot(path=args.out, full_page=True)
             browser.close()
