@@ -105,7 +105,7 @@ def main() -> None:
 
     print(f"model={args.model} new_tokens={args.new_tokens} repeats={args.repeats} "
           f"threads={torch.get_num_threads()}\n")
-    print(f"| dtype | path | TTFT (s) | tokens/s | tab / bare |")
+    print("| dtype | path | TTFT (s) | tokens/s | tab / bare |")
     print("|---|---|---:|---:|---:|")
     for dtype in args.dtypes.split(","):
         engine = Engine(load_model(args.model, dtype=dtype))

@@ -86,7 +86,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     app = build_app(engine, feedback=feedback, concurrency_limit=args.concurrency,
                     arena=ArenaSides(a=args.arena_a, b=args.arena_b))
-    app.launch(server_name=args.host, server_port=args.port, show_error=True)
+    try:
+        app.launch(server_name=args.host, server_port=args.port, show_error=True)
+    finally:
+        feedback.close()  # pushes the last rows when a Hub repo is configured
     return 0
 
 

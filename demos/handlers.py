@@ -58,7 +58,8 @@ class Suite:
         served_by = self._served_by(adapter, settings)
         text = ""
         try:
-            for text in self.engine.stream(task, inputs, settings, adapter=adapter):
+            for text in self.engine.stream(task, inputs, settings, adapter=adapter,
+                                           on_start=self._pin(served_by)):
                 yield self._outputs(task, text, served_by, final=False)
         except Exception as error:  # noqa: BLE001 - reported to the person, server keeps going
             logger.exception("Generation failed for %s", slug)
@@ -80,9 +81,11 @@ class Suite:
         served = {"A": self._served_by(a_key, settings), "B": self._served_by(b_key, b_settings)}
         answer_a = answer_b = ""
         try:
-            for answer_a in self.engine.stream(task, inputs, settings, adapter=a_key):
+            for answer_a in self.engine.stream(task, inputs, settings, adapter=a_key,
+                                               on_start=self._pin(served["A"])):
                 yield answer_a, answer_b, served
-            for answer_b in self.engine.stream(task, inputs, b_settings, adapter=b_key):
+            for answer_b in self.engine.stream(task, inputs, b_settings, adapter=b_key,
+                                               on_start=self._pin(served["B"])):
                 yield answer_a, answer_b, served
         except Exception as error:  # noqa: BLE001
             logger.exception("Arena generation failed")
@@ -96,6 +99,14 @@ class Suite:
         except InvalidInput as error:
             raise gr.Error(str(error)) from None
         return inputs, settings
+
+    @staticmethod
+    def _pin(served_by: dict[str, Any]) -> Any:
+        """Make `served_by` name the adapter revision the request actually holds (hot swaps race)."""
+        def update(info: Any) -> None:
+            served_by.update(adapter=info.ref if info else None, revision=info.revision if info else None,
+                             label=info.label if info else BASE_LABEL)
+        return update
 
     def _served_by(self, adapter: str | None, settings: GenerationSettings) -> dict[str, Any]:
         info = self.engine.adapters().get(adapter) if adapter else None

@@ -87,7 +87,7 @@ def _check_shapes(path: Path, model: Any) -> None:
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     modules = dict(base.named_modules())
     with safe_open(str(path / ADAPTER_WEIGHTS), framework="pt") as weights:
-        for key in weights.keys():
+        for key in weights.keys():  # noqa: SIM118 - safe_open handles are not iterable
             if ".lora_A." not in key and ".lora_B." not in key:
                 continue
             module_name = key.split(".lora_")[0].removeprefix("base_model.model.")

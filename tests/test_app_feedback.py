@@ -84,7 +84,8 @@ def test_tweet_ratings_store_the_weighted_reward(client: Client, feedback_folder
 
 @pytest.mark.parametrize("vote", ["A", "B", "tie", "both bad"])
 def test_arena_votes_become_preferences(client: Client, feedback_folder: Path, vote: str) -> None:
-    answer_a, answer_b, served = client.predict("Two tips for a marathon", *SETTINGS, api_name="/generate_arena")
+    prompt = "Two tips for a marathon"
+    answer_a, answer_b, served = client.predict(prompt, *SETTINGS, api_name="/generate_arena")
     assert client.predict("Two tips for a marathon", answer_a, answer_b, vote, served,
                           api_name="/feedback_arena").startswith("Thanks!")
     row = records(feedback_folder, "arena")[-1]

@@ -1,0 +1,220 @@
+"""Feedback throughput: records/s and latency of `feedback_tweet` under 1, 8 and 32 gradio_client clients.
+
+    python benchmarks/feedback.py                       # the demos suite (tiny model)
+    python -m benchmarks.feedback --app minimal --requests 100 --every 0.05
+
+Rows: bare `FeedbackCallback.log()` from threads (the store's own ceiling), then the app's
+`feedback_tweet` endpoint driven by concurrent `gradio_client` clients, each checked
+afterwards (rows on disk == requests, all valid), then the same load with Hub sync to the
+local test Hub, reporting commits per minute and whether every row reached the Hub.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import statistics
+import sys
+import tempfile
+import threading
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import gradio as gr  # module level: Gradio resolves the `gr.Request` annotation in this namespace
+import pytest
+
+if not __package__:  # run as a script: tests/ (the local Hub, the tiny model) is not an installed package
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from hub.feedback import FeedbackCallback  # noqa: E402
+from hub.feedback_data import load_feedback  # noqa: E402
+from tests.hub_server import HubServer  # noqa: E402
+
+RATINGS = {"relevance": 4, "clarity": 5, "originality": 3, "engagement": 4}
+REPO = "user/flywheel-feedback-bench"
+
+
+@functools.cache
+def tiny_engine(workdir: Path) -> Any:
+    from hub.engine import Engine
+    from hub.models import load_model
+    from tests.tiny_models import build_causal_lm
+
+    return Engine(load_model(str(build_causal_lm(workdir / "tiny-model"))))
+
+
+def build_suite(feedback: FeedbackCallback, workdir: Path, concurrency: int) -> Any:
+    """The real seven-tab app around a tiny random model (feedback does not depend on the model)."""
+    from demos.app import build_app
+
+    return build_app(tiny_engine(workdir), feedback=feedback, concurrency_limit=concurrency)
+
+
+def build_minimal(feedback: FeedbackCallback, workdir: Path, concurrency: int) -> Any:
+    """One `feedback_tweet` endpoint with the suite's inputs, calling `log()` and nothing else."""
+    with gr.Blocks() as app:
+        boxes = [gr.Textbox(), gr.Textbox()] + [gr.Slider(1, 5, step=1) for _ in RATINGS] + [gr.JSON()]
+        status = gr.Markdown()
+
+        def feedback_tweet(prompt: str, completion: str, relevance: float, clarity: float, originality: float,
+                           engagement: float, served: Any, request: gr.Request) -> str:
+            ratings = {"relevance": int(relevance), "clarity": int(clarity), "originality": int(originality),
+                       "engagement": int(engagement)}
+            record = feedback.log(task="tweet", kind="rating", inputs={"prompt": prompt},
+                                  completion=completion, ratings=ratings,
+                                  session=feedback.session_id(request.session_hash))
+            return f"Saved {record['id'][:8]}"
+
+        gr.Button().click(feedback_tweet, boxes, status, api_name="feedback_tweet")
+    app.queue(default_concurrency_limit=concurrency)
+    return app
+
+
+def run_clients(url: str, *, clients: int, requests: int) -> tuple[list[float], float]:
+    """Latencies (s) of `clients` concurrent clients sending `requests` each, and the wall time.
+
+    Each client first sends one untimed request (connection and session set-up), so the
+    folder ends up with `clients * (requests + 1)` rows.
+    """
+    from gradio_client import Client
+
+    pool = [Client(url, verbose=False) for _ in range(clients)]
+    for client in pool:
+        send(client, "warm-up")
+    latencies: list[float] = []
+    lock = threading.Lock()
+    errors: list[BaseException] = []
+
+    def client_loop(client: Any, number: int) -> None:
+        try:
+            for i in range(requests):
+                start = time.perf_counter()
+                send(client, f"Tweet {i} of client {number}")
+                with lock:
+                    latencies.append(time.perf_counter() - start)
+        except BaseException as error:  # noqa: BLE001 - reported after the run
+            errors.append(error)
+
+    threads = [threading.Thread(target=client_loop, args=(client, n)) for n, client in enumerate(pool)]
+    start = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    wall = time.perf_counter() - start
+    for client in pool:
+        client.close()
+    if errors:
+        raise RuntimeError(f"{len(errors)} client(s) failed: {errors[0]!r}")
+    return latencies, wall
+
+
+def send(client: Any, text: str) -> None:
+    client.predict("Advice for founders", text, *RATINGS.values(), None, api_name="/feedback_tweet")
+
+
+def run_direct(feedback: FeedbackCallback, *, threads: int, requests: int) -> tuple[list[float], float]:
+    latencies: list[float] = []
+    lock = threading.Lock()
+
+    def loop(number: int) -> None:
+        for i in range(requests):
+            start = time.perf_counter()
+            feedback.log(task="tweet", kind="rating", inputs={"prompt": "Advice for founders"},
+                         completion=f"Tweet {i} of writer {number}", ratings=RATINGS)
+            with lock:
+                latencies.append(time.perf_counter() - start)
+
+    pool = [threading.Thread(target=loop, args=(n,)) for n in range(threads)]
+    start = time.perf_counter()
+    for thread in pool:
+        thread.start()
+    for thread in pool:
+        thread.join()
+    return latencies, time.perf_counter() - start
+
+
+def rows_ok(folder: Path, expected: int) -> str:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a malformed row would raise here
+        count = len(load_feedback(folder, task="tweet"))
+    return "yes" if count == expected else f"NO ({count} != {expected})"
+
+
+def row(mode: str, clients: int, latencies: list[float], wall: float, check: str, extra: str = "") -> str:
+    cuts = statistics.quantiles(latencies, n=100) if len(latencies) > 1 else latencies * 99
+    return (f"| {mode} | {clients} | {len(latencies)} | {len(latencies) / wall:.0f} | "
+            f"{cuts[49] * 1000:.1f} | {cuts[98] * 1000:.1f} | {check} | {extra} |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--app", choices=("suite", "minimal"), default="suite")
+    parser.add_argument("--clients", default="1,8,32", help="Comma-separated client counts.")
+    parser.add_argument("--requests", type=int, default=50, help="Requests per client.")
+    parser.add_argument("--concurrency", type=int, default=32, help="Gradio queue concurrency limit.")
+    parser.add_argument("--every", type=float, default=0.05, help="Minutes between Hub commits (Hub row).")
+    args = parser.parse_args()
+    counts = [int(n) for n in args.clients.split(",")]
+    builder: Callable[..., Any] = build_suite if args.app == "suite" else build_minimal
+    print(f"app={args.app} requests/client={args.requests} queue concurrency={args.concurrency} "
+          f"hub every={args.every} min")
+    print("| mode | clients | records | records/s | p50 ms | p99 ms | rows ok | hub |")
+    print("|---|---:|---:|---:|---:|---:|---|---|")
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        for threads in counts:
+            folder = work / f"direct-{threads}"
+            with FeedbackCallback(folder=folder) as feedback:
+                latencies, wall = run_direct(feedback, threads=threads, requests=args.requests)
+            check = rows_ok(folder, len(latencies))
+            print(row("log() in threads", threads, latencies, wall, check), flush=True)
+        for clients in counts:
+            folder = work / f"app-{clients}"
+            with FeedbackCallback(folder=folder) as feedback:
+                app = builder(feedback, work, args.concurrency)
+                _, url, _ = app.launch(prevent_thread_lock=True, server_name="127.0.0.1", quiet=True)
+                try:
+                    latencies, wall = run_clients(url, clients=clients, requests=args.requests)
+                finally:
+                    app.close()
+            check = rows_ok(folder, len(latencies) + clients)
+            print(row("gradio_client", clients, latencies, wall, check), flush=True)
+        print(hub_row(builder, work, clients=max(counts), requests=args.requests,
+                      concurrency=args.concurrency, every=args.every), flush=True)
+
+
+def hub_row(builder: Callable[..., Any], work: Path, *, clients: int, requests: int, concurrency: int,
+            every: float) -> str:
+    """The app under load with Hub sync to the local test Hub: commits per minute, all rows arrive."""
+    patch = pytest.MonkeyPatch()
+    with HubServer() as server:
+        server.patch_client(patch, work / "hf-home")
+        folder = work / "app-hub"
+        feedback = FeedbackCallback(folder=folder, repo_id=REPO, every=every)
+        feedback.setup()
+        feedback.push(timeout=60)
+        before = server.commit_count(REPO, "dataset")
+        app = builder(feedback, work, concurrency)
+        _, url, _ = app.launch(prevent_thread_lock=True, server_name="127.0.0.1", quiet=True)
+        try:
+            latencies, wall = run_clients(url, clients=clients, requests=requests)
+        finally:
+            app.close()
+        during = server.commit_count(REPO, "dataset") - before
+        feedback.close(push=True, timeout=60)
+        files = server.files(REPO, "dataset")
+        on_hub = sum(data.count(b"\n") for path, data in files.items() if path.endswith(".jsonl"))
+    patch.undo()
+    written = len(latencies) + clients
+    summary = (f"{during / (wall / 60):.1f} commits/min during load ({during} commits, "
+               f"{written / max(during, 1):.0f} rows/commit); rows on Hub after close: "
+               f"{'all' if on_hub == written else f'{on_hub}/{written}'}")
+    return row("gradio_client + Hub sync", clients, latencies, wall, rows_ok(folder, written), summary)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,56 @@
+"""`python -m hub feedback stats`: how much feedback a folder or a Hub repo holds, per task and kind.
+
+Example:
+    >>> import tempfile
+    >>> print(render_counts(feedback_counts(tempfile.mkdtemp())).splitlines()[1])
+    task                  flag  rating  preference  edit  total
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from hub.feedback_data import FeedbackCounts, feedback_counts
+from hub.feedback_records import KINDS
+from tasks import SLUGS, get_task
+
+
+def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Add `feedback stats` to the `python -m hub` dispatcher."""
+    feedback = subparsers.add_parser("feedback", help="Inspect the feedback dataset.",
+                                     description="Inspect the feedback dataset (local folder or Hub repo).")
+    actions = feedback.add_subparsers(dest="feedback_command", required=True, metavar="stats")
+    stats = actions.add_parser("stats", help="Count feedback rows per task and kind.",
+                               description="Count valid, deduplicated feedback rows per task and kind.")
+    stats.add_argument("--repo", metavar="REPO_OR_FOLDER",
+                       help="Hub dataset repo id or local folder (default: the local feedback home).")
+    stats.add_argument("--revision", help="Hub revision (branch, tag or commit) to read.")
+    stats.set_defaults(func=run_stats)
+    return stats
+
+
+def run_stats(args: argparse.Namespace) -> int:
+    """Print the table; errors propagate to `hub.cli.main`, which prints one line and returns 2."""
+    print(render_counts(feedback_counts(args.repo, revision=args.revision)))
+    return 0
+
+
+def render_counts(counts: FeedbackCounts) -> str:
+    """A plain-text table: one row per task, one column per kind (`-`: the task takes no such kind)."""
+    width = max(len(slug) for slug in (*SLUGS, "total"))
+    header = f"{'task':<{width}}" + "".join(f"  {kind:>{len(kind)}}" for kind in KINDS) + "  total"
+    lines = [f"Feedback in {counts.source} (revision {counts.revision})", header]
+    totals = dict.fromkeys(KINDS, 0)
+    for slug in SLUGS:
+        task, row = get_task(slug), counts.counts.get(slug, {})
+        cells = []
+        for kind in KINDS:
+            totals[kind] += row.get(kind, 0)
+            value = str(row.get(kind, 0)) if kind in task.feedback_kinds or row.get(kind) else "-"
+            cells.append(f"  {value:>{len(kind)}}")
+        lines.append(f"{slug:<{width}}" + "".join(cells) + f"  {sum(row.values()):>5}")
+    lines.append(f"{'total':<{width}}" + "".join(f"  {totals[k]:>{len(k)}}" for k in KINDS)
+                 + f"  {sum(totals.values()):>5}")
+    if counts.skipped:
+        lines.append(f"Skipped {counts.skipped} malformed row(s).")
+    return "\n".join(lines)

@@ -1,0 +1,332 @@
+"""Uploading the feedback folder to a Hub dataset repo, in the background, whatever the Hub does.
+
+`HubSync` keeps trying to create the repo (so a Hub that is down when the app starts only
+delays uploads) and then runs a `FeedbackScheduler`: huggingface_hub's `CommitScheduler`
+with these changes, which make it safe for append-only JSONL written by several processes:
+
+- What was pushed is kept in `<folder>/.flywheel-sync/<repo>.json` (size per file), so a
+  restart, even after `kill -9`, pushes exactly the rows that had not reached the Hub yet;
+  the stock scheduler keeps this in memory and re-uploads everything after a restart.
+- A push holds a file lock, so app processes sharing one folder never push stale copies
+  over each other, and each uploads a file only up to its last complete line.
+- Failures (5xx, timeouts, refused connections) are logged once, without the token, and
+  retried at the next interval; every request of a push has a timeout, so a Hub that hangs
+  cannot stall uploads forever, and every commit names its parent, so a timed-out commit
+  that the Hub applies late cannot overwrite newer rows.
+- At most one push waits behind the running one, so a long outage cannot pile up pushes.
+
+Example:
+    >>> sync = HubSync(folder=Path("feedback"), repo_id="me/flywheel-feedback", every=5)  # doctest: +SKIP
+    >>> sync.push(timeout=60)                  # upload now instead of waiting   # doctest: +SKIP
+    True
+    >>> sync.close()                           # last push, then stop            # doctest: +SKIP
+    >>> describe_error(RuntimeError("401: bad token hf_AbCdEf123456\\nmore"))  # what gets logged
+    'RuntimeError: 401: bad token hf_***'
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import re
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import Future
+from contextvars import ContextVar
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from filelock import FileLock, Timeout
+from huggingface_hub import CommitOperationAdd, CommitScheduler, HfApi, get_token
+from huggingface_hub._commit_scheduler import PartialFileIO
+
+logger = logging.getLogger(__name__)
+
+STATE_DIR = ".flywheel-sync"
+"""Inside the feedback folder; never uploaded (it only says what was uploaded where)."""
+DEFAULT_REQUEST_TIMEOUT = 60.0
+"""Seconds any one Hub request of an upload may take (connect, send or wait for the answer)."""
+_TOKEN_PATTERN = re.compile(r"hf_[A-Za-z0-9]{6,}")
+_TIMEOUT: ContextVar[float | None] = ContextVar("flywheel_hub_timeout", default=None)
+
+
+@dataclass(frozen=True)
+class _Pending:
+    path: Path
+    path_in_repo: str
+    size: int
+    mtime_ns: int
+    rows: int
+
+
+class FeedbackScheduler(CommitScheduler):
+    """A `CommitScheduler` for the feedback folder: resumable, multi-process safe, never raising.
+
+    Construction calls `create_repo` and raises if the Hub cannot be reached; `HubSync`
+    retries it. Counters `commits` and `rows_pushed` and `last_error` describe progress.
+    """
+
+    def __init__(self, *, repo_id: str, folder_path: Path, every: float, private: bool,
+                 token: str | None = None, request_timeout: float = 60.0,
+                 hf_api: HfApi | None = None) -> None:
+        api = hf_api or HfApi(token=token)
+        folder = Path(folder_path).expanduser().resolve()
+        key = hashlib.sha256(f"{api.endpoint}|{repo_id}".encode()).hexdigest()[:16]
+        self._state_path = folder / STATE_DIR / f"{key}.json"
+        self._lock_path = folder / STATE_DIR / f"{key}.lock"
+        self._secret = token or api.token or get_token()
+        self._stopped = False
+        self._trigger_lock = threading.Lock()
+        self._queued: Future | None = None
+        self.request_timeout = request_timeout
+        self.commits = 0
+        self.rows_pushed = 0
+        self.last_error: str | None = None
+        with bounded_http(request_timeout):
+            super().__init__(repo_id=repo_id, folder_path=folder, every=every, repo_type="dataset",
+                             private=private, token=token, hf_api=api)
+
+    def stop(self) -> None:
+        self._stopped = True
+        super().stop()
+
+    def trigger(self) -> Future:
+        """Queue a push, unless one is already waiting to start (it will see the same rows).
+
+        The stock scheduler queues one push per interval even while the previous one is still
+        retrying against a failing Hub, so an outage would pile up pushes without bound.
+        """
+        with self._trigger_lock:
+            queued = self._queued
+            if queued is not None and not queued.running() and not queued.done():
+                return queued
+            self._queued = self.api.run_as_future(self._push_to_hub)
+            return self._queued
+
+    def _push_to_hub(self) -> Any:
+        if self._stopped:
+            return None
+        try:
+            info = self.push_to_hub()
+        except Exception as error:  # noqa: BLE001 - the Hub's failures must never reach the app
+            message = describe_error(error, secret=self._secret)
+            if self.last_error is None:
+                logger.warning("Feedback upload to %s failed (%s); rows stay local and are retried "
+                               "every %g min.", self.repo_id, message, self.every)
+            else:
+                logger.debug("Feedback upload to %s failed again: %s", self.repo_id, message)
+            self.last_error = message
+            return None
+        if self.last_error is not None:
+            logger.info("Feedback uploads to %s work again.", self.repo_id)
+        self.last_error = None
+        return info
+
+    def push_to_hub(self) -> Any:
+        """Commit every row not yet on the Hub (one commit), or do nothing if there is none."""
+        with self.lock:
+            self._state_path.parent.mkdir(parents=True, exist_ok=True)
+            lock = FileLock(self._lock_path)
+            try:
+                lock.acquire(timeout=max(300.0, 5 * self.request_timeout))
+            except Timeout:
+                raise TimeoutError("another process has held the feedback push lock for minutes") from None
+            try:
+                return self._push_locked()
+            finally:
+                lock.release()
+
+    def _push_locked(self) -> Any:
+        state = self._load_state()
+        pending = list(self._pending(state))
+        if not pending:
+            return None
+        rows = sum(item.rows for item in pending)
+        operations = [CommitOperationAdd(path_or_fileobj=PartialFileIO(item.path, size_limit=item.size),
+                                         path_in_repo=item.path_in_repo) for item in pending]
+        with bounded_http(self.request_timeout):
+            # A commit that timed out here may still land on the Hub later; pinning the parent
+            # makes such a late, shorter copy of a file fail (412) instead of overwriting a newer one.
+            head = self.api.repo_info(self.repo_id, repo_type="dataset", revision=self.revision).sha
+            info = self.api.create_commit(
+                repo_id=self.repo_id, repo_type="dataset", revision=self.revision, operations=operations,
+                commit_message=f"Add {rows} feedback row{'s' if rows != 1 else ''}", parent_commit=head)
+        for item in pending:
+            state[item.path_in_repo] = [item.size, item.mtime_ns]
+        self._save_state(state)
+        self.commits += 1
+        self.rows_pushed += rows
+        return info
+
+    def _pending(self, state: dict[str, list[int]]) -> Iterator[_Pending]:
+        card = self.folder_path / "README.md"
+        if card.is_file():
+            stat = card.stat()
+            if state.get("README.md") != [stat.st_size, stat.st_mtime_ns]:
+                yield _Pending(card, "README.md", stat.st_size, stat.st_mtime_ns, 0)
+        for path in sorted(self.folder_path.glob("data/*/*/*.jsonl")):
+            rel = path.relative_to(self.folder_path).as_posix()
+            done = state.get(rel, [0, 0])[0]
+            size = complete_prefix(path)
+            if size > done:
+                yield _Pending(path, rel, size, 0, count_lines(path, start=done, end=size))
+
+    def _load_state(self) -> dict[str, list[int]]:
+        try:
+            data = json.loads(self._state_path.read_text(encoding="utf-8"))
+            return {str(k): [int(v[0]), int(v[1])] for k, v in data["files"].items()}
+        except (OSError, ValueError, KeyError, TypeError, IndexError):
+            return {}  # unreadable or absent: uploading everything again is safe, just slower
+
+    def _save_state(self, state: dict[str, list[int]]) -> None:
+        tmp = self._state_path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({"repo_id": self.repo_id, "files": state}), encoding="utf-8")
+        os.replace(tmp, self._state_path)
+
+
+class HubSync:
+    """Background uploads of a feedback folder to `repo_id`; nothing here blocks the caller.
+
+    The constructor returns at once: a thread creates the repo (retrying with backoff up to
+    `every` minutes while the Hub is unreachable), then the scheduler commits every `every`
+    minutes, one commit per interval however many rows were written.
+    """
+
+    def __init__(self, *, folder: Path, repo_id: str, every: float = 5, private: bool = True,
+                 token: str | None = None, request_timeout: float | None = None) -> None:
+        self.folder = Path(folder)
+        self.repo_id = repo_id
+        self.every = every
+        self._kwargs = {"repo_id": repo_id, "folder_path": self.folder, "every": every, "private": private,
+                        "token": token, "request_timeout": request_timeout or DEFAULT_REQUEST_TIMEOUT}
+        self._secret = token or get_token()
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self.scheduler: FeedbackScheduler | None = None
+        self.last_error: str | None = None
+        self._thread = threading.Thread(target=self._connect, name="flywheel-feedback-connect", daemon=True)
+        self._thread.start()
+
+    @property
+    def connected(self) -> bool:
+        """True once the repo exists and the scheduler runs."""
+        return self.scheduler is not None
+
+    def _connect(self) -> None:
+        delay = 1.0
+        while not self._stop.is_set():
+            try:
+                scheduler = FeedbackScheduler(**self._kwargs)
+            except Exception as error:  # noqa: BLE001 - keep the app running whatever the Hub says
+                message = describe_error(error, secret=self._secret)
+                if self.last_error is None:
+                    logger.warning("Feedback repo %s is unreachable (%s); rows stay in %s and will be "
+                                   "uploaded when it answers.", self.repo_id, message, self.folder)
+                self.last_error = message
+                self._stop.wait(delay)
+                delay = min(delay * 2, max(self.every * 60, 0.05))
+                continue
+            with self._lock:
+                if self._stop.is_set():
+                    scheduler.stop()
+                    return
+                self.scheduler = scheduler
+            if self.last_error is not None:
+                logger.info("Feedback repo %s is reachable again.", self.repo_id)
+            self.last_error = None
+            return
+
+    def push(self, *, timeout: float | None = None) -> bool:
+        """Push now and wait; True when that push succeeded (or there was nothing to push)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        self._thread.join(timeout)
+        scheduler = self.scheduler
+        if scheduler is None:
+            return False
+        remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+        try:
+            scheduler.trigger().result(remaining)
+        except TimeoutError:
+            return False
+        return scheduler.last_error is None
+
+    def close(self, *, push: bool = True, timeout: float = 30.0) -> bool:
+        """Stop uploading; with `push`, first try one last push for up to `timeout` seconds."""
+        ok = self.push(timeout=timeout) if push and self.scheduler is not None else not push
+        with self._lock:
+            self._stop.set()
+            if self.scheduler is not None:
+                self.scheduler.stop()
+        return ok
+
+
+def complete_prefix(path: Path, size: int | None = None) -> int:
+    """Bytes of `path` up to and including its last newline (a row still being written is left out)."""
+    with open(path, "rb") as handle:
+        end = os.fstat(handle.fileno()).st_size if size is None else size
+        while end > 0:
+            start = max(0, end - (1 << 16))
+            handle.seek(start)
+            cut = handle.read(end - start).rfind(b"\n")
+            if cut >= 0:
+                return start + cut + 1
+            end = start
+    return 0
+
+
+def count_lines(path: Path, *, start: int, end: int) -> int:
+    """Newlines between byte offsets `start` and `end`."""
+    count = 0
+    with open(path, "rb") as handle:
+        handle.seek(start)
+        remaining = end - start
+        while remaining > 0:
+            chunk = handle.read(min(remaining, 1 << 20))
+            if not chunk:
+                break
+            count += chunk.count(b"\n")
+            remaining -= len(chunk)
+    return count
+
+
+def describe_error(error: BaseException, *, secret: str | None = None) -> str:
+    """First line of an error, shortened, with anything that looks like a token masked."""
+    text = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    text = f"{type(error).__name__}: {text}" if text else type(error).__name__
+    if secret:
+        text = text.replace(secret, "***")
+    return _TOKEN_PATTERN.sub("hf_***", text)[:300]
+
+
+@contextlib.contextmanager
+def bounded_http(seconds: float) -> Iterator[None]:
+    """Give every huggingface_hub request made in this block (this thread) a timeout.
+
+    huggingface_hub's shared HTTP client has no timeout at all, so a Hub that accepts a
+    connection and never answers would hold the upload queue forever. A request hook on
+    that client applies `seconds` only inside this block, leaving other callers untouched.
+    """
+    from huggingface_hub.utils import get_session
+
+    hooks = get_session().event_hooks["request"]
+    if _apply_timeout not in hooks:
+        hooks.append(_apply_timeout)
+    token = _TIMEOUT.set(seconds)
+    try:
+        yield
+    finally:
+        _TIMEOUT.reset(token)
+
+
+def _apply_timeout(request: Any) -> None:
+    seconds = _TIMEOUT.get()
+    if seconds is None:
+        return
+    current = dict(request.extensions.get("timeout") or {})
+    request.extensions["timeout"] = {key: current.get(key) or seconds
+                                     for key in ("connect", "read", "write", "pool")}
