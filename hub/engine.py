@@ -10,7 +10,7 @@ from __future__ import annotations
 import itertools
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -154,10 +154,17 @@ class Engine:
         return info
 
     def stream(self, task: Task, inputs: dict[str, str], settings: GenerationSettings,
-               *, adapter: str | None = None) -> Iterator[str]:
-        """Yield the growing answer text; `adapter` is a key given to `load_adapter` or None."""
+               *, adapter: str | None = None,
+               on_start: Callable[[AdapterInfo | None], None] | None = None) -> Iterator[str]:
+        """Yield the growing answer text; `adapter` is a key given to `load_adapter` or None.
+
+        `on_start` receives the adapter this request holds (None: the base model) before the
+        first token, so callers report the exact revision even if a hot swap happens meanwhile.
+        """
         info = self._acquire(adapter)
         try:
+            if on_start is not None:
+                on_start(info)
             yield from self._stream_with(info, task, inputs, settings)
         finally:
             self._release(info)

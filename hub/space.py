@@ -1,0 +1,319 @@
+"""The Flywheel Space: its configuration (Space variables) and `python -m hub space deploy`.
+
+A Space runs `app.py` at its repo root with `tasks/`, `hub/` and `demos/` beside it; this
+module reads the variables that configure it and uploads that layout.
+
+| variable | meaning | default |
+|---|---|---|
+| `FLYWHEEL_MODEL` | base model: Hub id, folder or `bundled` | `bundled`; on a Space SmolLM2's Hub id |
+| `FLYWHEEL_ADAPTERS` | `slug=repo` pairs, comma separated: the tabs' adapters | none (base model) |
+| `FLYWHEEL_FEEDBACK_REPO` | Hub dataset repo receiving feedback | none (stays local) |
+| `FLYWHEEL_FEEDBACK_MINUTES` | minutes between feedback commits | 5 |
+| `FLYWHEEL_POLL_SECONDS` | seconds between checks for new adapter revisions (0: never) | 60 |
+| `FLYWHEEL_ARENA` | the arena's two sides, `A,B`: adapter keys or `base` | `base,arena` |
+
+`HF_TOKEN` is a Space *secret* that you set yourself (Space settings -> Variables and
+secrets); deploy never uploads a token.
+
+Example:
+    >>> config = SpaceConfig.from_env({"FLYWHEEL_ADAPTERS": "tweet=me/flywheel-tweet-sft",
+    ...                                "FLYWHEEL_POLL_SECONDS": "30"})
+    >>> config.adapters, config.poll_seconds, config.arena
+    ({'tweet': 'me/flywheel-tweet-sft'}, 30.0, (None, 'arena'))
+    >>> SpaceConfig(adapters={"tweet": "me/a", "arena": "me/b"}).to_variables()["FLYWHEEL_ADAPTERS"]
+    'tweet=me/a,arena=me/b'
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import sys
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hub.errors import FlywheelError
+from hub.models import BUNDLED, BUNDLED_HUB_ID
+from tasks import SLUGS
+
+MODEL, ADAPTERS, FEEDBACK_REPO = "FLYWHEEL_MODEL", "FLYWHEEL_ADAPTERS", "FLYWHEEL_FEEDBACK_REPO"
+FEEDBACK_MINUTES, POLL_SECONDS, ARENA = "FLYWHEEL_FEEDBACK_MINUTES", "FLYWHEEL_POLL_SECONDS", "FLYWHEEL_ARENA"
+VARIABLES = (MODEL, ADAPTERS, FEEDBACK_REPO, FEEDBACK_MINUTES, POLL_SECONDS, ARENA)
+DESCRIPTIONS = {
+    MODEL: "Base model (Hub id)",
+    ADAPTERS: "slug=adapter repo pairs, comma separated; polled for new revisions",
+    FEEDBACK_REPO: "Hub dataset repo receiving feedback (needs the HF_TOKEN secret)",
+    FEEDBACK_MINUTES: "Minutes between feedback commits",
+    POLL_SECONDS: "Seconds between checks for new adapter revisions (0 = never)",
+    ARENA: "Arena sides A,B: adapter keys or 'base'",
+}
+PACKAGES = ("tasks", "hub", "demos")
+"""Our packages a Space needs beside app.py (trainers and tests stay behind)."""
+SPACE_FILES = ("app.py", "README.md", "requirements.txt")
+"""Files of `spaces/` that go to the Space repo root."""
+DATA_SUFFIXES = {".py", ".json", ".jsonl", ".yaml", ".yml", ".txt", ".csv", ".jinja"}
+_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
+
+
+@dataclass
+class SpaceConfig:
+    """How a Space (or `python spaces/app.py`) is configured; see the module docstring."""
+
+    model: str = BUNDLED
+    adapters: dict[str, str] = field(default_factory=dict)
+    feedback_repo: str | None = None
+    feedback_minutes: float = 5.0
+    poll_seconds: float = 60.0
+    arena: tuple[str | None, str | None] = (None, "arena")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> SpaceConfig:
+        """Read the `FLYWHEEL_*` variables; on a Space (`SPACE_ID` set) the model defaults to the Hub id."""
+        env = os.environ if environ is None else environ
+        default_model = BUNDLED_HUB_ID if env.get("SPACE_ID") else BUNDLED
+        arena = parse_arena(env.get(ARENA) or "base,arena")
+        config = cls(model=env.get(MODEL) or default_model,
+                     adapters=parse_adapters(env.get(ADAPTERS) or "", arena=arena),
+                     feedback_repo=env.get(FEEDBACK_REPO) or None,
+                     feedback_minutes=_number(env, FEEDBACK_MINUTES, 5.0, minimum=0.01),
+                     poll_seconds=_number(env, POLL_SECONDS, 60.0, minimum=0.0), arena=arena)
+        return config
+
+    def to_variables(self) -> dict[str, str]:
+        """The Space variables that reproduce this configuration (unset ones are left out)."""
+        variables = {MODEL: BUNDLED_HUB_ID if self.model in (BUNDLED, "default", "") else self.model}
+        if self.adapters:
+            variables[ADAPTERS] = ",".join(f"{key}={ref}" for key, ref in self.adapters.items())
+        if self.feedback_repo:
+            variables[FEEDBACK_REPO] = self.feedback_repo
+        variables[FEEDBACK_MINUTES] = _plain(self.feedback_minutes)
+        variables[POLL_SECONDS] = _plain(self.poll_seconds)
+        variables[ARENA] = ",".join(side or "base" for side in self.arena)
+        return variables
+
+
+def parse_arena(text: str) -> tuple[str | None, str | None]:
+    """`"base,arena"` -> `(None, "arena")`: the adapter keys answering on each side."""
+    sides = [part.strip() for part in text.split(",")]
+    if len(sides) != 2 or not all(_KEY.match(side) for side in sides):
+        raise FlywheelError(f"{ARENA} must be two adapter keys or 'base' separated by a comma, got {text!r}.")
+    a, b = (None if side == "base" else side for side in sides)
+    return a, b
+
+
+def parse_adapters(text: str | list[str], *, arena: tuple[str | None, str | None] = (None, "arena"),
+                   ) -> dict[str, str]:
+    """Parse `slug=repo` pairs (comma, space or newline separated, or a list of pairs).
+
+    Keys are task slugs, or names used as an arena side (to compare two adapters there).
+    """
+    pairs = text if isinstance(text, list) else re.split(r"[,\s]+", text.strip())
+    adapters: dict[str, str] = {}
+    for pair in filter(None, pairs):
+        key, sep, ref = pair.partition("=")
+        key, ref = key.strip(), ref.strip()
+        if not sep or not key or not ref:
+            raise FlywheelError(f"Adapters are given as SLUG=REPO, got {pair!r}.")
+        if key not in SLUGS and key not in arena:
+            raise FlywheelError(f"Adapter key {key!r} is neither a task ({', '.join(SLUGS)}) "
+                                f"nor an arena side ({ARENA}).")
+        adapters[key] = ref
+    return adapters
+
+
+# -- deploy -------------------------------------------------------------------------------------
+
+@dataclass
+class DeployPlan:
+    """What `deploy` uploads and sets."""
+
+    repo: str
+    files: dict[str, Path]
+    """Path in the Space repo -> local file."""
+    variables: dict[str, str]
+    private: bool = False
+
+    def describe(self) -> str:
+        """Human-readable listing, as `--dry-run` prints it."""
+        lines = [f"Space {self.repo} (sdk gradio, {'private' if self.private else 'public'}): "
+                 f"{len(self.files)} files"]
+        lines += [f"  {path}  ({file.stat().st_size:,} bytes)" for path, file in sorted(self.files.items())]
+        lines.append("Space variables:")
+        lines += [f"  {key}={value}" for key, value in self.variables.items()]
+        lines.append(TOKEN_NOTE)
+        return "\n".join(lines)
+
+
+TOKEN_NOTE = ("Secret HF_TOKEN: set it yourself in the Space settings (Variables and secrets), with "
+              "write access to the feedback repo and read access to private adapter repos; "
+              "deploy never uploads it.")
+
+
+def project_root() -> Path:
+    """The checkout holding `spaces/`, `tasks/`, `hub/` and `demos/` (this file's grandparent)."""
+    return Path(__file__).resolve().parent.parent
+
+
+def plan_deploy(repo: str, config: SpaceConfig, *, private: bool = False,
+                root: Path | None = None) -> DeployPlan:
+    """Check the inputs and list the files and variables, without touching the network.
+
+    Example:
+        >>> plan = plan_deploy("me/flywheel", SpaceConfig(adapters={"tweet": "me/flywheel-tweet-sft"}))
+        >>> sorted(p for p in plan.files if "/" not in p)
+        ['README.md', 'app.py', 'requirements.txt']
+        >>> plan.variables["FLYWHEEL_MODEL"]
+        'HuggingFaceTB/SmolLM2-135M-Instruct'
+    """
+    _check_hub_id(repo, "--repo")
+    for key, ref in config.adapters.items():
+        _check_hub_id(ref, f"adapter {key}")
+    if config.feedback_repo:
+        _check_hub_id(config.feedback_repo, "--feedback-repo")
+    if Path(config.model).expanduser().exists() or config.model.startswith((".", "/", "~")):
+        raise FlywheelError(f"Model {config.model} is a local folder; a Space needs a Hub id (or `bundled`).")
+    root = root or project_root()
+    files = {name: root / "spaces" / name for name in SPACE_FILES}
+    missing = [str(path) for path in files.values() if not path.is_file()]
+    if missing:
+        raise FlywheelError(f"Space sources missing: {', '.join(missing)}.")
+    for package in PACKAGES:
+        for path in sorted((root / package).rglob("*")):
+            relative = path.relative_to(root)
+            if path.is_file() and path.suffix in DATA_SUFFIXES and not any(
+                    part.startswith((".", "__pycache__")) for part in relative.parts):
+                files[relative.as_posix()] = path
+    return DeployPlan(repo=repo, files=files, variables=config.to_variables(), private=private)
+
+
+def deploy(plan: DeployPlan, *, token: str | None = None) -> str:
+    """Create the Space if needed, set its variables, upload its files; return the commit URL.
+
+    Variables of ours that the plan leaves unset are deleted, so the Space runs exactly the plan.
+    Stale files under `tasks/`, `hub/` and `demos/` are removed by the same commit.
+    """
+    from huggingface_hub import HfApi, get_token
+    from huggingface_hub.errors import HfHubHTTPError
+
+    token = token or get_token()
+    if not token:
+        raise FlywheelError("Deploying needs a Hub token: run `hf auth login` or set HF_TOKEN.")
+    api = HfApi(token=token)
+    try:
+        api.create_repo(plan.repo, repo_type="space", space_sdk="gradio", private=plan.private, exist_ok=True)
+        existing = api.get_space_variables(plan.repo)
+        for key in VARIABLES:
+            if key in existing and key not in plan.variables:
+                api.delete_space_variable(plan.repo, key)
+        for key, value in plan.variables.items():
+            if key not in existing or existing[key].value != value:
+                api.add_space_variable(plan.repo, key, value, description=DESCRIPTIONS.get(key))
+        with tempfile.TemporaryDirectory(prefix="flywheel-space-") as staging:
+            for path, source in plan.files.items():
+                target = Path(staging) / path
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(source, target)
+            info = api.upload_folder(repo_id=plan.repo, repo_type="space", folder_path=staging,
+                                     commit_message="Flywheel: deploy the Space",
+                                     delete_patterns=[f"{package}/**" for package in PACKAGES])
+        has_secret = "HF_TOKEN" in api.get_space_secrets(plan.repo)
+    except (HfHubHTTPError, OSError, ValueError) as error:
+        text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        text = text.replace(token, "***")
+        raise FlywheelError(f"Deploying the Space {plan.repo} failed: {text}") from error
+    if not has_secret and (plan.variables.get(FEEDBACK_REPO) or plan.variables.get(ADAPTERS)):
+        print(f"note: {TOKEN_NOTE}", file=sys.stderr)
+    return info.commit_url
+
+
+def _check_hub_id(ref: str, what: str) -> None:
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    if Path(ref).expanduser().exists() or ref.startswith((".", "/", "~")) or ref.count("/") != 1:
+        raise FlywheelError(f"{what} must be a Hub repo id like user/name (a Space cannot read "
+                            f"folders on this machine), got {ref!r}.")
+    try:
+        validate_repo_id(ref)
+    except HFValidationError as error:
+        raise FlywheelError(f"{what} {ref!r} is not a valid Hub repo id: {error}") from None
+
+
+def _number(env: Mapping[str, str], key: str, default: float, *, minimum: float) -> float:
+    raw = env.get(key)
+    if raw in (None, ""):
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise FlywheelError(f"{key} must be a number, got {raw!r}.") from None
+    if value < minimum:
+        raise FlywheelError(f"{key} must be at least {minimum}, got {raw!r}.")
+    return value
+
+
+def _plain(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else str(value)
+
+
+# -- CLI: python -m hub space deploy --------------------------------------------------------------
+
+def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Add `space deploy` to a `python -m hub` argparse dispatcher; the handler is `args.func`."""
+    space = subparsers.add_parser("space", help="Deploy the Flywheel Space to the Hub.",
+                                  description="Manage the Flywheel Hugging Face Space.")
+    actions = space.add_subparsers(dest="space_command", required=True, metavar="deploy")
+    parser = actions.add_parser(
+        "deploy", help="Upload the Space (code and configuration).",
+        description="Upload app.py, README.md, requirements.txt and the tasks/hub/demos packages to a "
+                    "Gradio Space and set its variables. " + TOKEN_NOTE)
+    parser.add_argument("--repo", required=True, metavar="USER/SPACE", help="The Space repo id.")
+    parser.add_argument("--feedback-repo", metavar="USER/DATASET",
+                        help="Hub dataset repo receiving feedback (sets FLYWHEEL_FEEDBACK_REPO).")
+    parser.add_argument("--adapter", action="append", default=[], metavar="SLUG=REPO",
+                        help="A tab's adapter repo, polled for new revisions. Repeatable.")
+    parser.add_argument("--model", default=BUNDLED,
+                        help=f"Base model Hub id (default: {BUNDLED_HUB_ID}, the bundled model's Hub twin).")
+    parser.add_argument("--poll-seconds", type=float, default=60.0,
+                        help="Seconds between checks for new adapter revisions (0: never; default 60).")
+    parser.add_argument("--feedback-minutes", type=float, default=5.0,
+                        help="Minutes between feedback commits (default 5).")
+    parser.add_argument("--arena", default="base,arena", metavar="A,B",
+                        help="Arena sides: adapter keys or `base` (default base,arena).")
+    parser.add_argument("--private", action="store_true", help="Create the Space as private.")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="List the files and variables, upload nothing.")
+    parser.set_defaults(func=run_deploy)
+    return parser
+
+
+def run_deploy(args: argparse.Namespace) -> int:
+    """Handler of `space deploy`; `FlywheelError` becomes one `error:` line and exit 2 in `hub.cli`."""
+    if args.poll_seconds < 0 or args.feedback_minutes <= 0:
+        raise FlywheelError("--poll-seconds must be >= 0 and --feedback-minutes > 0.")
+    arena = parse_arena(args.arena)
+    config = SpaceConfig(model=args.model, adapters=parse_adapters(list(args.adapter), arena=arena),
+                         feedback_repo=args.feedback_repo, feedback_minutes=args.feedback_minutes,
+                         poll_seconds=args.poll_seconds, arena=arena)
+    plan = plan_deploy(args.repo, config, private=args.private)
+    if args.dry_run:
+        print("Dry run: nothing uploaded.\n" + plan.describe())
+        return 0
+    url = deploy(plan)
+    print(f"Deployed {len(plan.files)} files to Space {plan.repo}: {url}")
+    print("Variables: " + ", ".join(f"{k}={v}" for k, v in plan.variables.items()))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m hub.space deploy ...`, the same as `python -m hub space deploy ...`."""
+    from hub.cli import main as hub_main
+
+    return hub_main(["space", *(sys.argv[1:] if argv is None else argv)])
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
