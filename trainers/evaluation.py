@@ -1,0 +1,279 @@
+"""Evaluate a base model (optionally with a LoRA adapter) on a task's examples.
+
+Generation is batched (left padding for causal LMs) with the same prompt encoding the demos
+use (`hub.engine.Engine.encode`). Each task gets the metrics that make sense for it: reference
+metrics when the examples have references, toxicity when a scorer is given (always for
+`detox`), diversity and base-model perplexity for every task, rewards when a reward is given.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import logging
+import math
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict
+from typing import Any
+
+from hub.engine import Engine, GenerationSettings
+from hub.errors import FlywheelError
+from hub.models import LoadedModel
+from tasks import InvalidInput, Task
+from tasks.seed_data import Example
+from tasks.toxicity import ToxicityScorer, make_toxicity_scorer
+from trainers.eval_report import EvalReport, SampleResult
+
+logger = logging.getLogger(__name__)
+
+RewardFn = Callable[[Sequence[str], Sequence[str]], list[float]]
+DEFAULT_MAX_NEW_TOKENS = {"conversation_starter": 40, "dialogue_summary": 64, "dialogue_response": 48,
+                          "detox": 30, "tweet": 64, "elevator_pitch": 128, "arena": 128}
+"""Evaluation lengths: long enough for a good answer, short enough for CPU runs."""
+TOXIC_THRESHOLD = 0.5
+
+
+def default_settings(task: Task, *, max_new_tokens: int | None = None) -> GenerationSettings:
+    """Greedy decoding with the demos' repetition penalty and a task-appropriate length."""
+    return GenerationSettings(temperature=0.0, repetition_penalty=1.1, seed=0,
+                              max_new_tokens=max_new_tokens or DEFAULT_MAX_NEW_TOKENS.get(task.slug, 48))
+
+
+def evaluate(*, loaded: LoadedModel, task: Task, examples: list[Example], adapter: str | None = None,
+             settings: GenerationSettings | None = None, batch_size: int = 8,
+             reward_fn: RewardFn | None = None, toxicity: ToxicityScorer | None = None,
+             progress: bool = True) -> EvalReport:
+    """Generate an output for every example and score the outputs.
+
+    Args:
+        loaded: the base model; it is left as it was found (an adapter is removed afterwards).
+        adapter: a LoRA adapter folder or Hub repo id applied on top, or None for the base model.
+        settings: generation settings (default: `default_settings(task)`).
+        reward_fn: `(prompts, completions) -> scores`; prompts are the task's plain-text prompts.
+        toxicity: a scorer; `detox` uses `make_toxicity_scorer("auto")` when none is given.
+
+    Raises:
+        InvalidInput: no examples or a bad batch size; FlywheelError: the adapter cannot be loaded.
+    """
+    if not examples:
+        raise InvalidInput(f"No examples to evaluate {task.slug} on.")
+    if batch_size < 1:
+        raise InvalidInput("Batch size must be at least 1.")
+    settings = (settings or default_settings(task)).validated()
+    if toxicity is None and task.slug == "detox":
+        toxicity = make_toxicity_scorer("auto")
+    with _applied(loaded, adapter) as model:
+        started = time.perf_counter()
+        engine = Engine(loaded)
+        prompt_ids = [engine.encode(task, ex.inputs)["input_ids"][0].tolist() for ex in examples]
+        completions, new_tokens = _generate(loaded, model, prompt_ids, settings, batch_size, progress)
+        generated = time.perf_counter()
+        with _base_only(model):
+            perplexities = continuation_perplexity(loaded=loaded, model=model, prompt_ids=prompt_ids,
+                                                   completions=completions, batch_size=batch_size)
+    per_sample: dict[str, list[float | None]] = {"perplexity": perplexities}
+    metrics: dict[str, float] = {}
+    _score_text(completions, examples, metrics, per_sample)
+    prompts = [task.text_prompt(ex.inputs) for ex in examples]
+    if toxicity is not None:
+        values = [float(v) for v in toxicity(completions)]
+        per_sample["toxicity"] = values
+        metrics["toxicity_mean"] = _mean(values)
+        metrics["toxic_fraction"] = _mean([float(v > TOXIC_THRESHOLD) for v in values])
+    if reward_fn is not None:
+        rewards = [float(v) for v in reward_fn(prompts, completions)]
+        per_sample["reward"] = rewards
+        metrics["reward"] = _mean(rewards)
+        if task.main_metric == "reward_model":
+            metrics["reward_model"] = metrics["reward"]
+        _preference_accuracy(reward_fn, examples, prompts, metrics)
+    finished = time.perf_counter()
+    samples = [
+        SampleResult(id=str(ex.meta.get("id") or i), inputs=ex.inputs, references=ex.references,
+                     completion=completions[i], scores={k: v[i] for k, v in per_sample.items()},
+                     meta=ex.meta)
+        for i, ex in enumerate(examples)
+    ]
+    return EvalReport(
+        task=task.slug, model=loaded.base_id, adapter=adapter, main_metric=task.main_metric,
+        higher_is_better=task.higher_is_better, metrics=metrics, samples=samples,
+        settings=asdict(settings),
+        timing={"generate_seconds": round(generated - started, 2),
+                "score_seconds": round(finished - generated, 2),
+                "generated_tokens_per_second": round(new_tokens / max(generated - started, 1e-9), 2)},
+        info={"toxicity_scorer": getattr(toxicity, "name", type(toxicity).__name__) if toxicity else None},
+    )
+
+
+def continuation_perplexity(*, loaded: LoadedModel, model: Any, prompt_ids: list[list[int]],
+                            completions: Sequence[str], batch_size: int = 8) -> list[float | None]:
+    """Perplexity of each completion's tokens given its prompt (None for an empty completion)."""
+    import torch
+
+    tokenizer = loaded.tokenizer
+    out: list[float | None] = [None] * len(completions)
+    items = [(i, prompt_ids[i], tokenizer(c, add_special_tokens=False)["input_ids"])
+             for i, c in enumerate(completions) if c.strip()]
+    # Similar prompt lengths per batch keep the scored window (below) short.
+    items.sort(key=lambda item: -len(item[1]))
+    limit = _max_positions(loaded)
+    trims = "logits_to_keep" in inspect.signature(loaded.model.forward).parameters
+    for start in range(0, len(items), batch_size):
+        batch = items[start:start + batch_size]
+        if loaded.is_seq2seq:
+            enc = tokenizer.pad({"input_ids": [p for _, p, _ in batch]}, return_tensors="pt",
+                                padding_side="right")
+            labels = _pad([c for _, _, c in batch], -100)
+            with torch.inference_mode():
+                logits = model(**enc, labels=labels).logits
+            targets = labels
+        else:
+            rows = []
+            for _, p, c in batch:
+                ids, labels_row = p + c, [-100] * len(p) + c
+                if limit and len(ids) > limit:
+                    ids, labels_row = ids[-limit:], labels_row[-limit:]
+                rows.append((ids, labels_row))
+            input_ids = _pad([r[0] for r in rows], tokenizer.pad_token_id)
+            mask = _pad([[1] * len(r[0]) for r in rows], 0)
+            width = input_ids.shape[1]
+            # Only positions from the shortest prompt's end on predict completion tokens: skip
+            # the vocabulary projection for the rest (a [batch, length, vocab] tensor otherwise).
+            first = min(next(k for k, t in enumerate(r[1]) if t != -100) for r in rows)
+            keep = min(width, width - first + 1) if trims else width
+            with torch.inference_mode():
+                kwargs = {"logits_to_keep": keep} if trims else {}
+                logits = model(input_ids=input_ids, attention_mask=mask, **kwargs).logits[:, :-1]
+            targets = _pad([r[1] for r in rows], -100)[:, width - keep + 1:]
+        nll = torch.nn.functional.cross_entropy(logits.float().transpose(1, 2), targets,
+                                                ignore_index=-100, reduction="none")
+        counts = (targets != -100).sum(dim=1)
+        for (i, _, _), total, count in zip(batch, nll.sum(dim=1).tolist(), counts.tolist(), strict=True):
+            out[i] = round(math.exp(min(total / count, 700)), 4) if count else None
+    return out
+
+
+def _generate(loaded: LoadedModel, model: Any, prompt_ids: list[list[int]], settings: GenerationSettings,
+              batch_size: int, progress: bool) -> tuple[list[str], int]:
+    import torch
+    from tqdm.auto import tqdm
+
+    tokenizer = loaded.tokenizer
+    limit = _max_positions(loaded)
+    budget = limit - settings.max_new_tokens if limit and not loaded.is_seq2seq else None
+    if budget is not None and budget < 1:
+        raise InvalidInput(f"max_new_tokens={settings.max_new_tokens} leaves no room for a prompt "
+                           f"in this model's {limit} positions.")
+    # Longest prompts first, so batches hold similar lengths and memory peaks at the start.
+    order = sorted(range(len(prompt_ids)), key=lambda i: -len(prompt_ids[i]))
+    completions = [""] * len(prompt_ids)
+    new_tokens = 0
+    if settings.seed is not None:
+        torch.manual_seed(settings.seed)
+    batches = [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
+    for batch in tqdm(batches, desc="generating", unit="batch", disable=not progress):
+        # Over-long prompts keep their end, where the question and the generation prompt sit.
+        rows = [prompt_ids[i][-budget:] if budget else prompt_ids[i] for i in batch]
+        enc = tokenizer.pad({"input_ids": rows}, return_tensors="pt",
+                            padding_side="right" if loaded.is_seq2seq else "left")
+        with torch.inference_mode():
+            output = model.generate(**enc, pad_token_id=tokenizer.pad_token_id, **settings.generate_kwargs())
+        if not loaded.is_seq2seq:
+            output = output[:, enc["input_ids"].shape[1]:]
+        stops = {tokenizer.pad_token_id, tokenizer.eos_token_id}
+        new_tokens += sum(1 for token in output.flatten().tolist() if token not in stops)
+        for i, text in zip(batch, tokenizer.batch_decode(output, skip_special_tokens=True), strict=True):
+            completions[i] = text.strip()
+    return completions, new_tokens
+
+
+def _score_text(completions: list[str], examples: list[Example], metrics: dict[str, float],
+                per_sample: dict[str, list[float | None]]) -> None:
+    from tasks.metrics import bertscore_f1, bleu, distinct_n, embedding_similarity, rouge, self_bleu
+
+    with_refs = [i for i, ex in enumerate(examples) if ex.references]
+    if with_refs:
+        preds = [completions[i] for i in with_refs]
+        refs = [examples[i].references for i in with_refs]
+        results = {"bleu": bleu(predictions=preds, references=refs),
+                   **rouge(predictions=preds, references=refs),
+                   "bertscore_f1": bertscore_f1(predictions=preds, references=refs),
+                   "embedding_cosine": embedding_similarity(predictions=preds, references=refs)}
+        for name, result in results.items():
+            metrics[name] = result.value
+            column: list[float | None] = [None] * len(examples)
+            for i, value in zip(with_refs, result.per_sample, strict=True):
+                column[i] = value
+            per_sample[name] = column
+    for n in (1, 2):
+        result = distinct_n(completions, n=n)
+        metrics[f"distinct_{n}"] = result.value
+        per_sample[f"distinct_{n}"] = list(result.per_sample)
+    diversity = self_bleu(completions)
+    metrics["self_bleu"] = diversity.value
+    perplexities = [p for p in per_sample["perplexity"] if p is not None]
+    if perplexities:
+        # Geometric mean: the corpus perplexity if every output had the same length.
+        metrics["perplexity"] = round(math.exp(sum(math.log(p) for p in perplexities) / len(perplexities)), 4)
+    metrics["length_words"] = _mean([float(len(c.split())) for c in completions])
+    metrics["empty_fraction"] = _mean([float(not c.strip()) for c in completions])
+
+
+def _preference_accuracy(reward_fn: RewardFn, examples: list[Example], prompts: list[str],
+                         metrics: dict[str, float]) -> None:
+    labelled = [i for i, ex in enumerate(examples) if ex.meta.get("winner") in ("a", "b")]
+    if not labelled:
+        return
+    chosen = [examples[i].meta["response_a" if examples[i].meta["winner"] == "a" else "response_b"]
+              for i in labelled]
+    rejected = [examples[i].meta["response_b" if examples[i].meta["winner"] == "a" else "response_a"]
+                for i in labelled]
+    both = reward_fn([prompts[i] for i in labelled] * 2, chosen + rejected)
+    wins = [float(good > bad) for good, bad in zip(both[:len(labelled)], both[len(labelled):], strict=True)]
+    metrics["preference_accuracy"] = _mean(wins)
+
+
+@contextlib.contextmanager
+def _applied(loaded: LoadedModel, adapter: str | None) -> Iterator[Any]:
+    """Yield the model to generate with: the base model, or it wrapped with `adapter`, then undo."""
+    if adapter is None:
+        yield loaded.model
+        return
+    from peft import PeftModel
+
+    from hub.adapters import resolve_adapter, validate_adapter
+
+    if isinstance(loaded.model, PeftModel):
+        raise FlywheelError("This model already carries adapters; evaluate from a freshly loaded base model.")
+    path, _ = resolve_adapter(adapter)
+    validate_adapter(path, base_id=loaded.base_id, model=loaded.model)
+    try:
+        wrapped = PeftModel.from_pretrained(loaded.model, str(path), adapter_name="evaluated")
+    except Exception as error:  # noqa: BLE001 - any loading failure becomes one clear line
+        raise FlywheelError(f"Adapter {adapter} could not be loaded: {error}") from error
+    wrapped.eval()
+    try:
+        yield wrapped
+    finally:
+        # PEFT injects LoRA layers into the base modules in place: take them out again.
+        wrapped.unload()
+
+
+def _base_only(model: Any) -> contextlib.AbstractContextManager[Any]:
+    return model.disable_adapter() if hasattr(model, "disable_adapter") else contextlib.nullcontext()
+
+
+def _max_positions(loaded: LoadedModel) -> int | None:
+    return getattr(loaded.model.config, "max_position_embeddings", None)
+
+
+def _pad(rows: list[list[int]], value: int) -> Any:
+    import torch
+
+    width = max(len(r) for r in rows)
+    return torch.tensor([r + [value] * (width - len(r)) for r in rows], dtype=torch.long)
+
+
+def _mean(values: Sequence[float]) -> float:
+    return round(sum(values) / len(values), 6) if values else 0.0
