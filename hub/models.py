@@ -72,6 +72,7 @@ def bundled_model_dir(*, cache: Path | None = None) -> Path:
     """
     target = (cache or flywheel_cache()) / BUNDLED_NAME
     if (target / "model.safetensors").exists() and (target / "config.json").exists():
+        _forget_gguf_quantization(target / "config.json")
         return target
     gguf = bundled_gguf_path()
     logger.info("Converting the bundled model %s into %s (once)", gguf.name, target)
@@ -105,6 +106,16 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
     plain.config.name_or_path = BUNDLED_HUB_ID
     plain.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
+    _forget_gguf_quantization(out / "config.json")
+
+
+def _forget_gguf_quantization(config_file: Path) -> None:
+    """The weights are plain floats now; a leftover GGUF marker makes Trainer refuse to train them."""
+    import json
+
+    config = json.loads(config_file.read_text())
+    if config.pop("quantization_config", None) is not None:
+        config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
 def resolve_model_ref(ref: str | None) -> tuple[str, str]:
