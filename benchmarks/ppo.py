@@ -246,6 +246,10 @@ def table(report: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)  # the sampled evaluation runs in this process
     out = pathlib.Path(args.out).expanduser().resolve()
     out.mkdir(parents=True, exist_ok=True)
     report: dict[str, Any] = {"load_start": os.getloadavg(), "threads": args.threads}
