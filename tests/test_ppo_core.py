@@ -108,7 +108,7 @@ def test_logprobs_and_entropy() -> None:
     logits = torch.log(t([0.25, 0.25, 0.5])).reshape(1, 1, 3)
     assert logprobs_of(logits, torch.tensor([[2]])).item() == pytest.approx(math.log(0.5))
     expected = -(2 * 0.25 * math.log(0.25) + 0.5 * math.log(0.5))
-    assert entropy_of(logits).item() == pytest.approx(expected)
+    assert entropy_of(torch.log_softmax(logits, -1)).item() == pytest.approx(expected)
 
 
 def test_kl_controller_by_hand() -> None:

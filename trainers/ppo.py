@@ -333,13 +333,15 @@ def ppo_update(accelerator: Any, model: Any, optimizer: Any, roll: dict[str, Any
             idx = order[start:start + minibatch]
             mask = roll["mask"][idx]
             logits, values = model(roll["sequences"][idx], roll["attention"][idx], length)
-            logits = logits / config.temperature
-            new_logprobs = logprobs_of(logits, roll["responses"][idx])
+            # One log-softmax over the vocabulary serves the ratio and the entropy (it is the memory peak).
+            log_probs = torch.log_softmax(logits.float() / config.temperature, dim=-1)
+            new_logprobs = log_probs.gather(-1, roll["responses"][idx].unsqueeze(-1)).squeeze(-1)
             pg_loss, clipfrac, approx_kl = policy_loss(new_logprobs, roll["logprobs"][idx], advantages[idx],
                                                        mask, clip_range=config.cliprange)
             vf_loss, vf_clipfrac = value_loss(values, roll["values"][idx], returns[idx], mask,
                                               clip_range_value=config.cliprange_value)
-            entropy = masked_mean(entropy_of(logits), mask)
+            with torch.set_grad_enabled(config.ent_coef != 0):  # no graph for a bonus that is off
+                entropy = masked_mean(entropy_of(log_probs), mask)
             loss = pg_loss + config.vf_coef * vf_loss - config.ent_coef * entropy
             accelerator.backward(loss)
             accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)

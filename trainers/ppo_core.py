@@ -52,11 +52,9 @@ def logprobs_of(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     return torch.log_softmax(logits.float(), dim=-1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
 
 
-def entropy_of(logits: torch.Tensor) -> torch.Tensor:
-    """Entropy of the categorical distribution at each position of `logits`."""
-    logits = logits.float()
-    log_p = torch.log_softmax(logits, dim=-1)
-    return -(log_p.exp() * log_p).sum(-1)
+def entropy_of(log_probs: torch.Tensor) -> torch.Tensor:
+    """Entropy of the categorical distribution at each position, from its log-probabilities."""
+    return -(log_probs.exp() * log_probs).sum(-1)
 
 
 def response_mask(responses: torch.Tensor, eos_ids: list[int]) -> torch.Tensor:
