@@ -29,9 +29,9 @@ import pytest
 if not __package__:  # run as a script: tests/ (the local Hub, the tiny model) is not an installed package
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from hub.feedback import FeedbackCallback  # noqa: E402
-from hub.feedback_data import load_feedback  # noqa: E402
-from tests.hub_server import HubServer  # noqa: E402
+from hub.feedback.callback import FeedbackCallback
+from hub.feedback.loading import load_feedback
+from tests.hub_server import HubServer
 
 RATINGS = {"relevance": 4, "clarity": 5, "originality": 3, "engagement": 4}
 REPO = "user/flywheel-feedback-bench"
@@ -39,8 +39,8 @@ REPO = "user/flywheel-feedback-bench"
 
 @functools.cache
 def tiny_engine(workdir: Path) -> Any:
-    from hub.engine import Engine
-    from hub.models import load_model
+    from serving.engine import Engine
+    from serving.models import load_model
     from tests.tiny_models import build_causal_lm
 
     return Engine(load_model(str(build_causal_lm(workdir / "tiny-model"))))

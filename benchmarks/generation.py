@@ -18,9 +18,9 @@ from pathlib import Path
 import torch
 from transformers.generation.streamers import BaseStreamer
 
-from hub import models
-from hub.engine import Engine, GenerationSettings
-from hub.models import load_model
+from serving import models
+from serving.engine import Engine, GenerationSettings
+from serving.models import load_model
 from tasks import get_task
 
 

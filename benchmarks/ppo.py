@@ -82,7 +82,7 @@ def make_reward_model(base: str, out: pathlib.Path) -> pathlib.Path:
     import torch
     from peft import LoraConfig, get_peft_model
 
-    from hub.reward_models import load_reward_base
+    from serving.reward_models import load_reward_base
 
     torch.manual_seed(0)
     model, _, base_id = load_reward_base(base)
@@ -113,7 +113,7 @@ def run_logged(command: list[str], log: pathlib.Path, env: dict[str, str]) -> st
 def speed_part(args: argparse.Namespace, out: pathlib.Path) -> dict[str, Any]:
     from transformers import AutoTokenizer
 
-    from hub.models import resolve_model_ref
+    from serving.models import resolve_model_ref
     from tasks import get_task
     from tasks.seed_data import load_examples
     from trainers.rl_data import policy_prompt
@@ -163,8 +163,8 @@ def speed_part(args: argparse.Namespace, out: pathlib.Path) -> dict[str, Any]:
 
 
 def detox_part(args: argparse.Namespace, out: pathlib.Path) -> dict[str, Any]:
-    from hub.engine import GenerationSettings
-    from hub.models import load_model
+    from serving.engine import GenerationSettings
+    from serving.models import load_model
     from tasks import get_task
     from tasks.seed_data import load_examples
     from tasks.toxicity import ProfanityCheckScorer

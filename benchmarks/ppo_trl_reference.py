@@ -43,7 +43,7 @@ def main() -> None:
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
     from trl.experimental.ppo import PPOConfig, PPOTrainer
 
-    from hub.reward_models import load_reward_model
+    from serving.reward_models import load_reward_model
 
     assert trl.__version__ == "1.12.0", f"expected TRL 1.12.0 from {args.trl_dir}, got {trl.__version__}"
     torch.manual_seed(0)

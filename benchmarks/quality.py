@@ -23,20 +23,16 @@ machine may be shared, so times are wall-clock, not CPU time. Reference on this 
 dialogues (36 min) took ROUGE-L 0.167 -> 0.284.
 """
 
+import argparse
+import json
+import os
 import pathlib
+import subprocess
 import sys
+import time
+from typing import Any
 
-_HERE = pathlib.Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if pathlib.Path(p or ".").resolve() != _HERE]
-
-import argparse  # noqa: E402
-import json  # noqa: E402
-import os  # noqa: E402
-import subprocess  # noqa: E402
-import time  # noqa: E402
-from typing import Any  # noqa: E402
-
-REPO = _HERE.parent
+REPO = pathlib.Path(__file__).resolve().parent.parent
 DEFAULT_DATA = REPO.parent / "shared" / "data"
 
 

@@ -38,7 +38,7 @@ def make_adapters(model_ref: str, out: Path, count: int, rank: int) -> list[Path
     import torch
     from peft import LoraConfig, get_peft_model
 
-    from hub.models import load_model
+    from serving.models import load_model
 
     base = load_model(model_ref).model
     folders = []
@@ -58,8 +58,8 @@ def time_switching(model_ref: str, folders: list[Path], switches: int) -> dict[s
     """Seconds per operation (medians) in one process holding one base model."""
     import torch
 
-    from hub.engine import Engine
-    from hub.models import load_model
+    from serving.engine import Engine
+    from serving.models import load_model
 
     start = time.perf_counter()
     engine = Engine(load_model(model_ref))
@@ -129,8 +129,8 @@ def measure_memory(scenario: str, model_ref: str, folders: list[str]) -> dict[st
 
     import torch
 
-    from hub.engine import Engine
-    from hub.models import load_model
+    from serving.engine import Engine
+    from serving.models import load_model
 
     process = psutil.Process()
     torch.set_grad_enabled(False)
@@ -195,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from hub.models import load_model
+    from serving.models import load_model
 
     load_model(args.model)  # convert the bundled model once, outside every timing
     with tempfile.TemporaryDirectory(prefix="flywheel-bench-") as tmp:

@@ -68,10 +68,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     from demos.app import build_app
     from demos.handlers import ArenaSides
-    from hub.engine import Engine
     from hub.errors import FlywheelError
-    from hub.feedback import FeedbackCallback
-    from hub.models import load_model
+    from hub.feedback.callback import FeedbackCallback
+    from serving.engine import Engine
+    from serving.models import load_model
     from tasks import InvalidInput
 
     try:

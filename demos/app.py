@@ -11,7 +11,7 @@ import gradio as gr
 
 from demos.handlers import ARENA_VOTES, ArenaSides, Suite
 from demos.settings import SettingsPanel, build_settings_panel
-from hub.engine import Engine, GenerationSettings
+from serving.engine import Engine, GenerationSettings
 from tasks import TASKS, Task
 
 PRIVATE = {"api_visibility": "private"}
@@ -23,7 +23,7 @@ def build_app(engine: Engine, *, feedback: Any | None = None, arena: ArenaSides 
     """Build the seven-tab app around one engine.
 
     Example:
-        >>> from hub.models import load_model
+        >>> from serving.models import load_model
         >>> app = build_app(Engine(load_model()))   # doctest: +SKIP
         >>> app.queue().launch()                    # doctest: +SKIP
     """

@@ -14,8 +14,8 @@ from typing import Any
 import gradio as gr
 
 from demos.settings import settings_from_values
-from hub.engine import BASE_LABEL, Engine, GenerationSettings
 from hub.errors import FlywheelError
+from serving.engine import BASE_LABEL, Engine, GenerationSettings
 from tasks import InvalidInput, Task, get_task
 
 logger = logging.getLogger(__name__)

@@ -31,8 +31,8 @@ def main() -> None:
     from playwright.sync_api import sync_playwright
 
     from demos.app import build_app
-    from hub.engine import Engine, GenerationSettings
-    from hub.models import load_model
+    from serving.engine import Engine, GenerationSettings
+    from serving.models import load_model
     from tasks import get_task
 
     app = build_app(Engine(load_model(args.model)), defaults=GenerationSettings(max_new_tokens=80))

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import gradio as gr
 
-from hub.engine import GenerationSettings
+from serving.engine import GenerationSettings
 
 
 @dataclass

@@ -20,9 +20,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hub.adapters import latest_revision
-from hub.errors import FlywheelError
+from hub.errors import FlywheelError, first_line
 from hub.paths import flywheel_home
+from hub.repos import is_local_ref, latest_revision
+from tasks.base import redact
 
 logger = logging.getLogger(__name__)
 
@@ -159,11 +160,6 @@ class PushResult:
     """True if published into a local folder."""
 
 
-def is_local_ref(ref: str) -> bool:
-    """A repo reference is a local folder if it exists or looks like a path; otherwise a Hub repo id."""
-    return Path(ref).expanduser().exists() or ref.startswith((".", "/", "~")) or ref.count("/") > 1
-
-
 def default_repo(task: str, method: str, *, token: str | None = None) -> str:
     """`<user>/flywheel-<task>-<method>` when a Hub token is available, else a folder in FLYWHEEL_HOME."""
     from huggingface_hub import HfApi, get_token
@@ -246,7 +242,7 @@ def _push_hub(files: list[Path], repo: str, *, token: str | None, private: bool,
             info = api.upload_folder(repo_id=repo, folder_path=staging, repo_type="model",
                                      commit_message=message)
         except Exception as error:  # HTTP errors, refused connections, timeouts: one clear line
-            text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            text = first_line(error)
             raise FlywheelError(f"Pushing the adapter to {repo} failed: {_redact(text)}") from error
     logger.info("Pushed adapter to %s (commit %s)", repo, info.oid[:12])
     return PushResult(repo=repo, revision=info.oid, url=info.commit_url, local=False)
@@ -280,7 +276,4 @@ def _redact(text: str) -> str:
     """Remove the value of HF_TOKEN (or any hf_ token we know of) from text bound for a card or log."""
     from huggingface_hub import get_token
 
-    for secret in {os.environ.get("HF_TOKEN"), get_token()}:
-        if secret and len(secret) >= 8:
-            text = text.replace(secret, "***")
-    return text
+    return redact(text, get_token())

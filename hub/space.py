@@ -36,8 +36,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hub.errors import FlywheelError
-from hub.models import BUNDLED, BUNDLED_HUB_ID
+from hub.errors import FlywheelError, first_line
+from hub.repos import BUNDLED, BUNDLED_HUB_ID
 from tasks import SLUGS
 
 MODEL, ADAPTERS, FEEDBACK_REPO = "FLYWHEEL_MODEL", "FLYWHEEL_ADAPTERS", "FLYWHEEL_FEEDBACK_REPO"
@@ -51,7 +51,7 @@ DESCRIPTIONS = {
     POLL_SECONDS: "Seconds between checks for new adapter revisions (0 = never)",
     ARENA: "Arena sides A,B: adapter keys or 'base'",
 }
-PACKAGES = ("tasks", "hub", "demos")
+PACKAGES = ("tasks", "hub", "serving", "demos")
 """Our packages a Space needs beside app.py (trainers and tests stay behind)."""
 SPACE_FILES = ("app.py", "README.md", "requirements.txt")
 """Files of `spaces/` that go to the Space repo root."""
@@ -222,7 +222,7 @@ def deploy(plan: DeployPlan, *, token: str | None = None) -> str:
                                      delete_patterns=[f"{package}/**" for package in PACKAGES])
         has_secret = "HF_TOKEN" in api.get_space_secrets(plan.repo)
     except (HfHubHTTPError, OSError, ValueError) as error:
-        text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        text = first_line(error)
         text = text.replace(token, "***")
         raise FlywheelError(f"Deploying the Space {plan.repo} failed: {text}") from error
     if not has_secret and (plan.variables.get(FEEDBACK_REPO) or plan.variables.get(ADAPTERS)):

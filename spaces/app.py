@@ -38,12 +38,12 @@ import gradio as gr  # noqa: E402
 
 from demos.app import build_app  # noqa: E402
 from demos.handlers import ArenaSides  # noqa: E402
-from hub.engine import Engine  # noqa: E402
 from hub.errors import FlywheelError  # noqa: E402
-from hub.feedback import FeedbackCallback  # noqa: E402
-from hub.models import load_model  # noqa: E402
+from hub.feedback.callback import FeedbackCallback  # noqa: E402
 from hub.space import SpaceConfig  # noqa: E402
-from hub.watcher import AdapterWatcher  # noqa: E402
+from serving.engine import Engine  # noqa: E402
+from serving.models import load_model  # noqa: E402
+from serving.watcher import AdapterWatcher  # noqa: E402
 
 logger = logging.getLogger("flywheel.space")
 

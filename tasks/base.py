@@ -2,12 +2,41 @@
 
 from __future__ import annotations
 
+import os
+import re
 import unicodedata
 from dataclasses import dataclass, field
 
 
 class InvalidInput(ValueError):
     """An input a person typed that the task refuses, with a message meant for that person."""
+
+
+_TOKEN_PATTERN = re.compile(r"hf_[A-Za-z0-9]{6,}")
+
+
+def redact(text: str, *secrets: str | None) -> str:
+    """`text` with `HF_TOKEN`, the given secrets and anything shaped like a Hub token masked.
+
+    Example:
+        >>> redact("401 for hf_abcdefgh1234 and s3cr3t-value", "s3cr3t-value")
+        '401 for hf_*** and ***'
+    """
+    for secret in {os.environ.get("HF_TOKEN"), *secrets}:
+        if secret and len(secret) >= 8:
+            text = text.replace(secret, "***")
+    return _TOKEN_PATTERN.sub("hf_***", text)
+
+
+def first_line(error: BaseException, *secrets: str | None) -> str:
+    """How an error is quoted in a one-line message: its first line (or its type's name), secrets masked.
+
+    Example:
+        >>> first_line(OSError("Connection refused\\nretrying..."))
+        'Connection refused'
+    """
+    text = str(error).strip()
+    return redact(text.splitlines()[0] if text else type(error).__name__, *secrets)
 
 
 @dataclass(frozen=True)
@@ -53,7 +82,7 @@ class Task:
     examples: tuple[dict[str, str], ...] = ()
     """Example inputs shown under the form; written by us."""
     main_metric: str = "rougeL"
-    """Metric of `trainers/evaluate.py` that decides whether an adapter beats its base model."""
+    """Metric of `trainers/evaluate_model.py` that decides whether an adapter beats its base model."""
     higher_is_better: bool = True
     """Direction of `main_metric`."""
     continuation: bool = False

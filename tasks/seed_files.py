@@ -16,7 +16,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from tasks.base import InvalidInput
+from tasks.base import InvalidInput, first_line
 
 SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
 HUB_SPLITS = ("validation", "test", "train")
@@ -147,14 +147,10 @@ def _hub_rows(dataset_id: str, *, config: str | None, split: str | None) -> Iter
         names = datasets.get_dataset_config_names(dataset_id)
         loaded = datasets.load_dataset(dataset_id, config if config in names else None)
     except Exception as error:  # noqa: BLE001 - any loading failure becomes one clear line
-        raise InvalidInput(f"Cannot load dataset {dataset_id!r}: {_first_line(error)}") from error
+        raise InvalidInput(f"Cannot load dataset {dataset_id!r}: {first_line(error)}") from error
     if split is None:
         split = next((s for s in HUB_SPLITS if s in loaded), next(iter(loaded)))
     if split not in loaded:
         raise InvalidInput(f"Dataset {dataset_id} has no split {split!r}; it has: {', '.join(loaded)}.")
     return iter(loaded[split])
 
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__

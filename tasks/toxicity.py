@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from tasks.base import InvalidInput
+from tasks.base import InvalidInput, first_line
 
 logger = logging.getLogger(__name__)
 
@@ -88,7 +88,7 @@ class DetoxifyScorer:
             self._model = Detoxify(model_type, checkpoint=checkpoint, device="cpu",
                                    huggingface_config_path=config_dir)
         except Exception as error:  # noqa: BLE001 - any loading failure becomes one clear line
-            raise InvalidInput(f"Detoxify could not load: {_first_line(error)}") from error
+            raise InvalidInput(f"Detoxify could not load: {first_line(error)}") from error
         self.name = f"detoxify:{Path(checkpoint).name if checkpoint else model_type}"
 
     def __call__(self, texts: Sequence[str]) -> list[float]:
@@ -117,7 +117,7 @@ class HFClassifierScorer:
             self.tokenizer = AutoTokenizer.from_pretrained(model)
             self.model = AutoModelForSequenceClassification.from_pretrained(model)
         except (OSError, ValueError, KeyError) as error:
-            raise InvalidInput(f"Cannot load toxicity classifier {model!r}: {_first_line(error)}") from error
+            raise InvalidInput(f"Cannot load toxicity classifier {model!r}: {first_line(error)}") from error
         self.model.eval()
         self.batch_size = batch_size
         self.index, self.label = _toxic_label(dict(self.model.config.id2label), label, model)
@@ -202,7 +202,3 @@ def _toxic_label(id2label: dict[Any, str], wanted: str | None, model: str) -> tu
     raise InvalidInput(f"Cannot tell which label of {model} means toxic ({', '.join(labels.values())}): "
                        f"name it as {model}#<label>.")
 
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__

@@ -12,7 +12,7 @@ import sys
 import threading
 from pathlib import Path
 
-from hub.feedback_store import FeedbackStore
+from hub.feedback.store import FeedbackStore
 
 RATINGS = {"relevance": 4, "clarity": 5, "originality": 3, "engagement": 4}
 

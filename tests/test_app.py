@@ -10,8 +10,8 @@ import pytest
 from gradio_client import Client
 
 from demos.app import build_app
-from hub.engine import Engine
-from hub.models import load_model
+from serving.engine import Engine
+from serving.models import load_model
 from tasks import SLUGS, TASKS
 
 SETTINGS = [0.7, 50, 0.9, 1.1, 8, 1]

@@ -10,9 +10,9 @@ import pytest
 from gradio_client import Client
 
 from demos.app import build_app
-from hub.engine import Engine
-from hub.feedback import FeedbackCallback
-from hub.models import load_model
+from hub.feedback.callback import FeedbackCallback
+from serving.engine import Engine
+from serving.models import load_model
 from tasks import TASKS
 from tests.test_app import SETTINGS, example_args, free_port
 

@@ -12,7 +12,7 @@ import pytest
 
 from hub.cli import main
 from hub.errors import FlywheelError
-from hub.feedback_data import (
+from hub.feedback.loading import (
     MalformedFeedbackWarning,
     feedback_counts,
     kto_view,
@@ -22,7 +22,7 @@ from hub.feedback_data import (
     reward_view,
     sft_view,
 )
-from hub.feedback_store import FeedbackStore
+from hub.feedback.store import FeedbackStore
 from tasks import get_task
 
 ROOT = Path(__file__).resolve().parents[1]

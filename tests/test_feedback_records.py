@@ -8,7 +8,7 @@ from datetime import datetime
 
 import pytest
 
-from hub.feedback_records import (
+from hub.feedback.records import (
     FIELDS,
     MAX_TEXT_CHARS,
     InvalidRecord,

@@ -16,13 +16,13 @@ import datasets
 import pytest
 import yaml
 
-import hub.feedback_records
-import hub.feedback_store
+import hub.feedback.records
+import hub.feedback.store
 from hub.errors import FlywheelError
-from hub.feedback import FeedbackCallback
-from hub.feedback_data import load_feedback
-from hub.feedback_records import InvalidRecord, validate_record
-from hub.feedback_store import FeedbackStore
+from hub.feedback.callback import FeedbackCallback
+from hub.feedback.loading import load_feedback
+from hub.feedback.records import InvalidRecord, validate_record
+from hub.feedback.store import FeedbackStore
 from hub.paths import feedback_home
 from tasks import SLUGS
 
@@ -48,7 +48,7 @@ def worker(folder: Path, *args: str) -> subprocess.Popen:
 def test_log_appends_and_fsyncs_each_record_before_returning(tmp_path: Path, monkeypatch) -> None:
     synced: list[int] = []
     real_fsync = os.fsync
-    monkeypatch.setattr(hub.feedback_store.os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd)))
+    monkeypatch.setattr(hub.feedback.store.os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd)))
     with FeedbackStore(folder=tmp_path) as store:
         first = rate(store)
         assert len(synced) >= 1
@@ -144,7 +144,7 @@ def test_a_forked_child_writes_its_own_file(tmp_path: Path) -> None:
 def test_a_new_day_starts_a_new_file(tmp_path: Path, monkeypatch) -> None:
     with FeedbackStore(folder=tmp_path) as store:
         for day in ("2026-11-22", "2026-11-23"):
-            monkeypatch.setattr(hub.feedback_records, "utc_now", lambda day=day: f"{day}T23:59:59Z")
+            monkeypatch.setattr(hub.feedback.records, "utc_now", lambda day=day: f"{day}T23:59:59Z")
             rate(store)
         assert len(store._files) == 1  # yesterday's file was closed
     days = sorted(path.parent.name for path in tmp_path.glob("data/tweet/*/*.jsonl"))
@@ -224,10 +224,10 @@ def test_a_failed_write_is_an_error_and_the_next_row_starts_a_clean_file(tmp_pat
         real_write(fd, bytes(data[: len(data) // 2]))
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(hub.feedback_store.os, "write", half_then_fail)
+    monkeypatch.setattr(hub.feedback.store.os, "write", half_then_fail)
     with pytest.raises(FlywheelError, match="could not be saved.*No space left"):
         rate(store, "lost")
-    monkeypatch.setattr(hub.feedback_store.os, "write", real_write)
+    monkeypatch.setattr(hub.feedback.store.os, "write", real_write)
     rate(store, "after")
     store.close()
     assert len(list(tmp_path.glob("data/tweet/*/*.jsonl"))) == 2

@@ -16,9 +16,9 @@ from types import SimpleNamespace
 import datasets
 import pytest
 
-import hub.feedback_sync
-from hub.feedback import FeedbackCallback
-from hub.feedback_data import load_feedback, load_feedback_snapshot
+import hub.feedback.sync
+from hub.feedback.callback import FeedbackCallback
+from hub.feedback.loading import load_feedback, load_feedback_snapshot
 from tests.hub_server import HubServer
 from tests.hub_server_faults import COMMITS, UPLOADS
 
@@ -124,7 +124,7 @@ def test_failed_pushes_are_retried_after_5xx_drops_and_refusals(hub_server: HubS
 def test_a_hanging_hub_times_out_and_log_still_returns(hub_server: HubServer, tmp_path: Path,
                                                        fast_retries: None,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(hub.feedback_sync, "DEFAULT_REQUEST_TIMEOUT", 0.3)
+    monkeypatch.setattr(hub.feedback.sync, "DEFAULT_REQUEST_TIMEOUT", 0.3)
     store = FeedbackCallback(folder=tmp_path / "feedback", repo_id=REPO, every=60)
     assert store.push(timeout=30)
     hub_server.faults.scope, hub_server.faults.delay = COMMITS, 1.5

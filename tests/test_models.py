@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from hub import models
-from hub.engine import Engine, GenerationSettings
 from hub.errors import FlywheelError
-from hub.models import load_model
+from serving import models
+from serving.engine import Engine, GenerationSettings
+from serving.models import load_model
 from tasks import get_task
 
 ROOT = Path(__file__).resolve().parents[1]

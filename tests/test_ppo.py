@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 
 from tests.trainer_utils import error_lines, train
 from trainers import ppo
-from trainers.rewards import REWARDS
+from trainers.reward_functions import REWARDS
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGET = "conversation"
@@ -128,7 +128,7 @@ def test_reward_rises_and_the_kl_controller_follows_its_target(learnable_lm: Pat
         "max-steps": 8, "per-device-train-batch-size": 8, "learning-rate": 1e-2, "kl-target": 0.5,
         "kl-horizon": 200, "save-steps": 5})
 
-    code, _, err = train(ppo.main, ppo.PPOConfig, argv, capsys)
+    code, _, err = train(ppo.main, ppo.PPOArgs, argv, capsys)
 
     assert code == 0, err[-2000:]
     rows = log_rows(out)
@@ -157,10 +157,10 @@ def test_resume_continues_exactly_and_push_publishes_lora_and_card(learnable_lm:
     held_out.write_text(json.dumps({"prompt": "The referee was", "continuation": " late."}) + "\n")
     straight, split = tmp_path / "straight", tmp_path / "split"
     published = tmp_path / "published"
-    assert train(ppo.main, ppo.PPOConfig, options(learnable_lm, data, straight), capsys)[0] == 0
-    assert train(ppo.main, ppo.PPOConfig, options(learnable_lm, data, split, **{"max-steps": 2}), capsys)[0] == 0
+    assert train(ppo.main, ppo.PPOArgs, options(learnable_lm, data, straight), capsys)[0] == 0
+    assert train(ppo.main, ppo.PPOArgs, options(learnable_lm, data, split, **{"max-steps": 2}), capsys)[0] == 0
 
-    code, out, err = train(ppo.main, ppo.PPOConfig, options(learnable_lm, data, split, **{
+    code, out, err = train(ppo.main, ppo.PPOArgs, options(learnable_lm, data, split, **{
         "resume": "latest", "eval-data": str(held_out), "eval-limit": 2, "eval-max-new-tokens": 4,
         "push": "true", "force": "true", "hub-repo": str(published)}), capsys)
 
@@ -189,7 +189,7 @@ def test_two_processes_end_with_identical_adapters(learnable_lm: Path, tmp_path:
 
         from trainers import ppo
         from trainers.common import run
-        from trainers.rewards import REWARDS
+        from trainers.reward_functions import REWARDS
 
         REWARDS["target"] = lambda argument: lambda prompts, completions: [
             c.count({TARGET!r}) / 4 for c in completions]
@@ -202,7 +202,7 @@ def test_two_processes_end_with_identical_adapters(learnable_lm: Path, tmp_path:
             return original(config, model=model, **kwargs)
 
         ppo.finish = finish
-        run(ppo.main, ppo.PPOConfig)
+        run(ppo.main, ppo.PPOArgs)
     """))
     out = tmp_path / "out"
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
@@ -229,7 +229,7 @@ def test_grpo_and_rloo_run_with_the_same_rewards(algo: str, learnable_lm: Path, 
     argv = options(learnable_lm, rtp_file(tmp_path / "rtp.jsonl"), out, algo=algo, **{
         "max-steps": 1, "num-generations": 2})
 
-    code, _, err = train(ppo.main, ppo.PPOConfig, argv, capsys)
+    code, _, err = train(ppo.main, ppo.PPOArgs, argv, capsys)
 
     assert code == 0, err[-2000:]
     assert (out / "adapter_model.safetensors").exists()
@@ -251,7 +251,7 @@ def test_bad_configuration_exits_2_with_one_line(extra: list[str], message: str,
                                                  tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     argv = options(tiny_causal_lm, rtp_file(tmp_path / "rtp.jsonl"), tmp_path / "out") + extra
 
-    code, _, err = train(ppo.main, ppo.PPOConfig, argv, capsys)
+    code, _, err = train(ppo.main, ppo.PPOArgs, argv, capsys)
 
     assert code == 2
     lines = error_lines(err)
@@ -266,7 +266,7 @@ def test_reward_model_folder_without_its_files_is_refused(tiny_causal_lm: Path, 
     argv = options(tiny_causal_lm, rtp_file(tmp_path / "rtp.jsonl"), tmp_path / "out",
                    reward=f"target:1.0,reward_model={empty}:0.5")
 
-    code, _, err = train(ppo.main, ppo.PPOConfig, argv, capsys)
+    code, _, err = train(ppo.main, ppo.PPOArgs, argv, capsys)
 
     assert code == 2
     assert error_lines(err) == [f"error: Reward model {empty} lacks adapter_config.json, "
@@ -278,11 +278,11 @@ def test_detox_recipe_parses_and_every_option_has_help(capsys: pytest.CaptureFix
 
     from trl import TrlParser
 
-    (config,) = TrlParser((ppo.PPOConfig,)).parse_args_and_config(
+    (config,) = TrlParser((ppo.PPOArgs,)).parse_args_and_config(
         args=["--config", str(ROOT / "recipes" / "detox-ppo.yaml")])
     assert config.task == "detox" and config.reward == "toxicity" and config.algo == "ppo"
     assert config.seed_data == ["../shared/data/toxicity/rtp_prompts_toxic.jsonl"]
-    code, out, _ = train(ppo.main, ppo.PPOConfig, ["--help"], capsys)
+    code, out, _ = train(ppo.main, ppo.PPOArgs, ["--help"], capsys)
     assert code == 0
-    for item in dataclasses.fields(ppo.PPOConfig):
+    for item in dataclasses.fields(ppo.PPOArgs):
         assert f"--{item.name}" in out and item.metadata.get("help"), item.name

@@ -20,7 +20,7 @@ from trainers.ppo_core import (
     response_mask,
     value_loss,
 )
-from trainers.rewards import REWARDS, CombinedReward, RewardTerm, build_reward, parse_reward_spec
+from trainers.reward_functions import REWARDS, CombinedReward, RewardTerm, build_reward, parse_reward_spec
 
 
 def t(*rows: list[float]) -> torch.Tensor:

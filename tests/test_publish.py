@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from hub.adapters import latest_revision
 from hub.errors import FlywheelError
 from hub.publish import AdapterCard, DatasetRef, default_repo, push_adapter
+from hub.repos import latest_revision
 from tests.hub_server import HubServer
 from tests.trainer_utils import front_matter
 

@@ -1,4 +1,4 @@
-"""trainers/reward.py, the TF-IDF baseline and hub.reward_models.load_reward_model, on tiny models."""
+"""trainers/reward.py, the TF-IDF baseline and serving.reward_models.load_reward_model, on tiny models."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from hub.errors import FlywheelError
-from hub.reward_models import load_reward_model, to_messages
+from serving.reward_models import load_reward_model, to_messages
 from tasks.preference_baseline import PreferenceBaseline, preference_metrics
 from tests.hub_server import HubServer
 from tests.trainer_utils import error_lines, front_matter, log_feedback, train
@@ -60,7 +60,7 @@ def test_reward_model_on_hub_votes_and_a_kaggle_csv_is_pushed_and_loads(
             "--seed-data", str(kaggle_csv(tmp_path / "train.csv")), "--ties", "both", "--max-steps", "16",
             "--output-dir", str(tmp_path / "rm"), *FAST, "--push"]
 
-    code, out, err = train(reward.main, reward.RewardOptions, argv, capsys)
+    code, out, err = train(reward.main, reward.RewardArgs, argv, capsys)
 
     assert code == 0, err
     assert "[rank 0/1] reward: 16 optimizer steps" in out
@@ -95,13 +95,13 @@ def test_tweet_ratings_become_pairs_and_the_default_ratings_model_loads(
     log_feedback("tweet", records)  # the local feedback home
 
     argv = ["--task", "tweet", "--model", str(tiny_causal_lm), "--max-steps", "2", "--lora-layers", "1", *FAST]
-    code, out, err = train(reward.main, reward.RewardOptions, argv, capsys)
+    code, out, err = train(reward.main, reward.RewardArgs, argv, capsys)
 
     assert code == 0, err
     assert "train 7 pairs, held out 1 pair;" in out
     adapter = json.loads((flywheel_home / "adapters" / "tweet-reward" / "adapter_config.json").read_text())
     assert adapter["target_modules"] and all(".layers.1." in name for name in adapter["target_modules"])
-    from trainers.rewards import default_ratings_model
+    from trainers.reward_functions import default_ratings_model
 
     scores = load_reward_model(default_ratings_model())(["Advice 1"], ["Thanks! Ship small 1."])
     assert len(scores) == 1 and isinstance(scores[0], float)
@@ -118,12 +118,12 @@ def test_push_is_refused_when_no_better_than_chance_unless_forced(
             "--seed-data", str(train_csv), "--eval-data", str(same), "--max-steps", "1", "--no-baseline",
             *FAST, "--push", "--hub-repo", str(target)]
 
-    code, out, err = train(reward.main, reward.RewardOptions, argv, capsys)
+    code, out, err = train(reward.main, reward.RewardArgs, argv, capsys)
     assert code == 2
     (line,) = error_lines(err)
     assert "Not pushing" in line and "0.5000" in line and "--force" in line and not target.exists()
 
-    code, out, err = train(reward.main, reward.RewardOptions, [*argv, "--force"], capsys)
+    code, out, err = train(reward.main, reward.RewardArgs, [*argv, "--force"], capsys)
     assert code == 0, err
     assert {p.name for p in target.iterdir()} == PUBLISHED
     assert "--force" in (target / "README.md").read_text()
@@ -140,7 +140,7 @@ def test_bad_input_exits_2_with_one_line(extra: list[str], message: str, tiny_ca
                                          flywheel_home: Path, capsys: pytest.CaptureFixture[str]) -> None:
     log_feedback("arena", thanks_votes(3))
     argv = ["--model", str(tiny_causal_lm), *extra, *FAST]
-    code, _, err = train(reward.main, reward.RewardOptions, argv, capsys)
+    code, _, err = train(reward.main, reward.RewardArgs, argv, capsys)
     assert code == 2
     (line,) = error_lines(err)
     assert message in line and "Traceback" not in err
@@ -148,7 +148,7 @@ def test_bad_input_exits_2_with_one_line(extra: list[str], message: str, tiny_ca
 
 def test_seq2seq_model_is_refused(tiny_seq2seq: Path, capsys: pytest.CaptureFixture[str]) -> None:
     argv = ["--task", "arena", "--model", str(tiny_seq2seq)]
-    code, _, err = train(reward.main, reward.RewardOptions, argv, capsys)
+    code, _, err = train(reward.main, reward.RewardArgs, argv, capsys)
     assert code == 2 and "seq2seq" in error_lines(err)[0]
 
 

@@ -16,8 +16,8 @@ from gradio_client import Client
 from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi
 
 from hub.errors import FlywheelError
-from hub.models import BUNDLED_HUB_ID
 from hub.space import SpaceConfig
+from serving.models import BUNDLED_HUB_ID
 from spaces.app import SpaceApp, create_app
 from spaces.app import main as space_main
 from tests.adapter_factory import adapter_files, make_adapter, pickled
@@ -192,9 +192,9 @@ def test_python_spaces_app_runs_as_a_script(tiny_causal_lm: Path, adapters, tmp_
 def test_served_by_names_the_revision_the_request_holds_across_a_swap(
         tiny_causal_lm: Path, adapters, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from demos.handlers import Suite
-    from hub.engine import Engine
-    from hub.models import load_model
-    from hub.watcher import AdapterWatcher
+    from serving.engine import Engine
+    from serving.models import load_model
+    from serving.watcher import AdapterWatcher
 
     folder = tmp_path / "tweet-adapter"
     folder.mkdir()

@@ -32,7 +32,7 @@ def front_matter(text: str) -> dict:
 def test_dry_run_lists_files_and_variables_and_uploads_nothing(hub_server, capsys) -> None:
     assert main([*DEPLOY, "--dry-run"]) == 0
     out = capsys.readouterr().out
-    for path in ("app.py", "README.md", "requirements.txt", "hub/watcher.py", "demos/app.py",
+    for path in ("app.py", "README.md", "requirements.txt", "serving/watcher.py", "demos/app.py",
                  "tasks/catalog.py"):
         assert f"  {path}  (" in out
     assert "trainers/" not in out and "tests/" not in out and ".pyc" not in out
@@ -47,7 +47,7 @@ def test_deploy_uploads_the_layout_and_sets_the_variables(hub_server, capsys) ->
     files = hub_server.files(SPACE, "space")
     for name in ("app.py", "README.md", "requirements.txt"):
         assert files[name] == (ROOT / "spaces" / name).read_bytes()
-    for package in ("tasks", "hub", "demos"):
+    for package in ("tasks", "hub", "serving", "demos"):
         local = {p.relative_to(ROOT).as_posix() for p in (ROOT / package).glob("*.py")}
         assert local <= set(files)
     assert not [p for p in files if p.startswith(("trainers/", "tests/", "spaces/")) or "__pycache__" in p]
@@ -111,8 +111,8 @@ def test_space_readme_and_requirements_are_valid() -> None:
 def test_every_module_level_import_of_the_uploaded_code_is_installed_on_the_space() -> None:
     provided = closure(requirement_names() | {"gradio"})
     distributions = metadata.packages_distributions()
-    ours = {"tasks", "hub", "demos", "app", "spaces"}
-    for path in [ROOT / "spaces" / "app.py", *(p for pkg in ("tasks", "hub", "demos")
+    ours = {"tasks", "hub", "serving", "demos", "app", "spaces"}
+    for path in [ROOT / "spaces" / "app.py", *(p for pkg in ("tasks", "hub", "serving", "demos")
                                                 for p in (ROOT / pkg).rglob("*.py"))]:
         for module in module_level_imports(path):
             if module in sys.stdlib_module_names or module in ours:
@@ -128,9 +128,9 @@ def test_the_uploaded_layout_runs_on_its_own(tiny_causal_lm: Path, hub_server, t
         (space_dir / path).parent.mkdir(parents=True, exist_ok=True)
         (space_dir / path).write_bytes(data)
     script = (
-        "import app, demos, hub.watcher, tasks, os\n"
+        "import app, demos, serving.watcher, tasks, os\n"
         "here = os.getcwd()\n"
-        "assert all(m.__file__.startswith(here) for m in (app, demos, hub.watcher, tasks))\n"
+        "assert all(m.__file__.startswith(here) for m in (app, demos, serving.watcher, tasks))\n"
         f"space = app.create_app(app.SpaceConfig(model={str(tiny_causal_lm)!r}))\n"
         "assert space.blocks.fns\n"
         "print('ok')\n"

@@ -17,8 +17,8 @@ from tests.trainer_utils import (
 )
 from trainers import dpo, kto, sft
 
-TRAINERS = {"sft": (sft.main, sft.SFTOptions), "dpo": (dpo.main, dpo.DPOOptions),
-            "kto": (kto.main, kto.KTOOptions)}
+TRAINERS = {"sft": (sft.main, sft.SFTArgs), "dpo": (dpo.main, dpo.DPOArgs),
+            "kto": (kto.main, kto.KTOArgs)}
 
 
 def fails(method: str, argv: list[str], capsys: pytest.CaptureFixture[str], tmp_path: Path) -> str:
@@ -106,7 +106,7 @@ def test_recipes_parse_into_their_trainer_config(recipe: Path) -> None:
     from trainers import ppo, reward
 
     configs = {name: options for name, (_, options) in TRAINERS.items()}
-    configs.update(reward=reward.RewardOptions, ppo=ppo.PPOConfig)
+    configs.update(reward=reward.RewardArgs, ppo=ppo.PPOArgs)
     slug, method = recipe.stem.rsplit("-", 1)
     (config,) = TrlParser((configs[method],)).parse_args_and_config(args=["--config", str(recipe)])
     assert config.task == slug and config.model == "bundled"

@@ -23,11 +23,11 @@ def test_dpo_on_votes_in_the_hub_pushes_to_the_hub_only_with_a_measured_win_or_f
             "--push"]
 
     # Arena's main metric is a reward-model score: without --eval-reward it is not measured.
-    code, _, err = train(dpo.main, dpo.DPOOptions, argv, capsys)
+    code, _, err = train(dpo.main, dpo.DPOArgs, argv, capsys)
     assert code == 2 and "could not be measured" in error_lines(err)[0] and "--force" in err
     assert not hub_server.exists("user/flywheel-arena-dpo")
 
-    code, out, err = train(dpo.main, dpo.DPOOptions, [*argv, "--force"], capsys)
+    code, out, err = train(dpo.main, dpo.DPOArgs, [*argv, "--force"], capsys)
     assert code == 0, err
     assert "[rank 0/1] dpo: 2 optimizer steps" in out
     files = hub_server.files("user/flywheel-arena-dpo")  # default repo: <whoami>/flywheel-<task>-<method>
@@ -47,7 +47,7 @@ def test_kto_on_local_flags_publishes_to_a_folder(
     argv = ["--task", "conversation_starter", "--model", str(tiny_causal_lm), "--feedback-repo", str(folder),
             *FAST, "--push", "--hub-repo", str(target), "--force"]
 
-    code, out, err = train(kto.main, kto.KTOOptions, argv, capsys)
+    code, out, err = train(kto.main, kto.KTOArgs, argv, capsys)
 
     assert code == 0, err
     assert "[rank 0/1] kto: 2 optimizer steps" in out

@@ -31,7 +31,7 @@ def test_sft_on_local_feedback_and_seed_data_publishes_adapter_with_card(
     argv = ["--task", "dialogue_summary", "--model", str(tiny_causal_lm), "--seed-data", str(seed), *FAST,
             "--report-to", "tensorboard", "--push", "--hub-repo", str(target), "--force"]
 
-    code, out, err = train(sft.main, sft.SFTOptions, argv, capsys)
+    code, out, err = train(sft.main, sft.SFTArgs, argv, capsys)
 
     assert code == 0, err
     assert "| metric | before | after |" in out and "[rank 0/1] sft: 2 optimizer steps" in out
@@ -67,7 +67,7 @@ def test_sft_refuses_to_push_an_adapter_worse_than_the_base_model(
     argv = ["--task", "dialogue_summary", "--model", str(tiny_causal_lm), "--seed-data", str(seed), *FAST,
             "--push", "--hub-repo", str(target)]
 
-    code, _, err = train(sft.main, sft.SFTOptions, argv, capsys)
+    code, _, err = train(sft.main, sft.SFTArgs, argv, capsys)
 
     assert code == 2
     (line,) = error_lines(err)
@@ -83,7 +83,7 @@ def test_sft_trains_seq2seq_models_with_seq2seq_trainer(
     seed = dialogsum_file(tmp_path / "dialogsum.jsonl", rows=10)
     argv = ["--task", "dialogue_summary", "--model", str(tiny_seq2seq), "--seed-data", str(seed), *FAST]
 
-    code, out, err = train(sft.main, sft.SFTOptions, argv, capsys)
+    code, out, err = train(sft.main, sft.SFTArgs, argv, capsys)
 
     assert code == 0, err
     adapter = flywheel_home / "adapters" / "dialogue_summary-sft"

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi
 
-from hub.engine import BASE_LABEL, Engine, GenerationSettings
 from hub.errors import FlywheelError
-from hub.models import load_model
-from hub.watcher import AdapterWatcher
+from serving.engine import BASE_LABEL, Engine, GenerationSettings
+from serving.models import load_model
+from serving.watcher import AdapterWatcher
 from tasks import get_task
 from tests.adapter_factory import (
     adapter_files,
@@ -61,7 +61,7 @@ def answer(engine: Engine, key: str | None = "tweet") -> str:
 
 
 def refusals(caplog: pytest.LogCaptureFixture) -> list[str]:
-    return [r.getMessage() for r in caplog.records if r.name == "hub.watcher" and "Refused" in r.getMessage()]
+    return [r.getMessage() for r in caplog.records if r.name == "serving.watcher" and "Refused" in r.getMessage()]
 
 
 def test_new_folder_revision_is_swapped_in(engine: Engine, adapters, tmp_path: Path) -> None:
@@ -138,7 +138,7 @@ def test_hub_outage_is_logged_once_and_serving_goes_on(engine: Engine, adapters,
     watcher = AdapterWatcher(engine, {"tweet": REPO}, interval=60)
     watcher.check_now()
     hub_server.stop()
-    caplog.set_level(logging.WARNING, logger="hub.watcher")
+    caplog.set_level(logging.WARNING, logger="serving.watcher")
     assert watcher.check_now()["tweet"].startswith("unreachable")
     assert watcher.check_now()["tweet"].startswith("unreachable")
     assert len([r for r in caplog.records if "Cannot check" in r.getMessage()]) == 1

@@ -28,7 +28,7 @@ def dialogsum_file(path: Path, rows: int = 12) -> Path:
 def log_feedback(task: str, records: list[dict[str, Any]], *, folder: Path | None = None,
                  repo_id: str | None = None) -> None:
     """Write `records` through the real `FeedbackCallback` (and push them when `repo_id` is given)."""
-    from hub.feedback import FeedbackCallback
+    from hub.feedback.callback import FeedbackCallback
 
     with FeedbackCallback(folder=folder, repo_id=repo_id, every=60) as feedback:
         for record in records:

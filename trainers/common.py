@@ -21,7 +21,7 @@ Config = TypeVar("Config")
 
 
 @dataclass
-class CommonConfig:
+class CommonArgs:
     """Options shared by every trainer (`sft`, `reward`, `dpo`, `kto`, `ppo`)."""
 
     task: str | None = field(default=None, metadata={
@@ -75,8 +75,8 @@ def run(main: Callable[[Config], Any], config_class: type[Config], argv: list[st
     """Parse flags and `--config recipe.yaml` into `config_class`, run `main`, map user errors to exit 2.
 
     Example:
-        >>> from trainers.common import CommonConfig, run
-        >>> run(lambda cfg: print(cfg.task), CommonConfig, ["--task", "tweet"])
+        >>> from trainers.common import CommonArgs, run
+        >>> run(lambda cfg: print(cfg.task), CommonArgs, ["--task", "tweet"])
         tweet
     """
     from trl import TrlParser
@@ -101,7 +101,7 @@ def _is_config_problem(error: Exception) -> bool:
             or "Unknown arguments" in text)
 
 
-def require_task(config: CommonConfig, *, allowed: tuple[str, ...] | None = None) -> str:
+def require_task(config: CommonArgs, *, allowed: tuple[str, ...] | None = None) -> str:
     """Check `--task` names a task this method can train; return the slug."""
     if not config.task:
         raise InvalidInput("--task is required.")
@@ -112,13 +112,13 @@ def require_task(config: CommonConfig, *, allowed: tuple[str, ...] | None = None
     return task.slug
 
 
-def output_dir(config: CommonConfig, method: str) -> Path:
+def output_dir(config: CommonArgs, method: str) -> Path:
     path = Path(config.output_dir) if config.output_dir else adapters_home() / f"{config.task}-{method}"
     path.mkdir(parents=True, exist_ok=True)
     return path
 
 
-def lora_config(config: CommonConfig, *, task_type: str) -> Any:
+def lora_config(config: CommonArgs, *, task_type: str) -> Any:
     """The PEFT LoRA config built from the common options (`CAUSAL_LM`, `SEQ_2_SEQ_LM`, `SEQ_CLS`)."""
     from peft import LoraConfig
 
@@ -129,7 +129,7 @@ def lora_config(config: CommonConfig, *, task_type: str) -> Any:
                       target_modules=targets, task_type=task_type)
 
 
-def cpu_safe_training_args(config: CommonConfig, out: Path) -> dict[str, Any]:
+def cpu_safe_training_args(config: CommonArgs, out: Path) -> dict[str, Any]:
     """Keyword arguments for any TRL/transformers TrainingArguments.
 
     bf16 stays off unless a GPU is present: on CPUs without native bf16 it is ~17x slower.
@@ -195,21 +195,3 @@ def report_rank(trainer: Any, method: str) -> None:
     loss = f", loss {losses[-1]:.4g}" if losses else ""
     print(f"[rank {accelerator.process_index}/{accelerator.num_processes}] {method}: {state.global_step} "
           f"optimizer steps, {batches} batches per epoch on this rank{loss}", flush=True)
-
-
-def drop_stale_gguf_marker(model: Any) -> None:
-    """Let Trainer fine-tune the bundled model: forget the GGUF quantization marker its cached copy carries.
-
-    The dequantized cache (see `hub.models.bundled_model_dir`) holds plain float weights, but its
-    config.json still names the GGUF quantization, and transformers' Trainer refuses to train
-    "GGUF-quantized" models. Models without that marker are left untouched.
-    """
-    quantizer = getattr(model, "hf_quantizer", None)
-    method = getattr(getattr(quantizer, "quantization_config", None), "quant_method", None)
-    if quantizer is None or str(getattr(method, "value", method)).lower() != "gguf":
-        return
-    model.hf_quantizer = None
-    if "is_quantized" in vars(model):
-        model.is_quantized = False
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config

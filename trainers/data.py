@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hub.feedback_records import NO_WINNER
+from hub.feedback.records import NO_WINNER
 from hub.publish import DatasetRef
 from tasks import InvalidInput, Task
 from tasks.seed_data import Example, load_examples, load_preference_pairs
@@ -159,7 +159,7 @@ def build_training_data(method: str, *, task: Task, feedback_repo: str | None = 
 
 def build_from_config(config: Any, method: str, *, task: Task, chat: bool = True,
                       min_rows: int | None = None) -> TrainingData:
-    """`build_training_data` with the options of a `trainers.common.CommonConfig`."""
+    """`build_training_data` with the options of a `trainers.common.CommonArgs`."""
     return build_training_data(
         method, task=task, feedback_repo=config.feedback_repo, feedback_revision=config.feedback_revision,
         seed_data=list(config.seed_data or []), eval_data=config.eval_data, eval_limit=config.eval_limit,
@@ -232,10 +232,10 @@ def _feedback_items(method: str, task: Task, repo: str | None, revision: str | N
                     source: int) -> tuple[str, str | None, list[_Item], dict[str, int]]:
     """Read `task`'s feedback records and turn them into `method` rows; also count records per kind.
 
-    Mirrors the views of `hub.feedback_data` (sft_view, preference_view, kto_view), but keeps each
+    Mirrors the views of `hub.feedback.loading` (sft_view, preference_view, kto_view), but keeps each
     record's `inputs` so a row can be rendered as plain text and held out as an evaluation example.
     """
-    from hub.feedback_data import load_feedback_snapshot
+    from hub.feedback.loading import load_feedback_snapshot
 
     snapshot = load_feedback_snapshot(repo, task=task.slug, revision=revision)
     found: dict[str, int] = {}

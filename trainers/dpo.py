@@ -8,36 +8,28 @@ as chosen and the original as rejected. TRL's `DPOTrainer` trains the adapter ag
 model itself (adapter switched off) as the reference, so no second model is loaded.
 """
 
-import pathlib
-import sys
 
-# `python trainers/dpo.py` puts trainers/ first on sys.path, where trainers/evaluate.py would
-# shadow the PyPI `evaluate` package that transformers and TRL import.
-_HERE = pathlib.Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if pathlib.Path(p or ".").resolve() != _HERE]
+from dataclasses import dataclass, field
 
-from dataclasses import dataclass, field  # noqa: E402
-
-from hub.errors import FlywheelError  # noqa: E402
-from hub.models import load_model  # noqa: E402
-from tasks import get_task  # noqa: E402
-from trainers.common import (  # noqa: E402
+from hub.errors import FlywheelError
+from serving.models import load_model
+from tasks import get_task
+from trainers.common import (
     cpu_safe_training_args,
-    drop_stale_gguf_marker,
     lora_config,
     output_dir,
     report_rank,
     require_task,
     run,
 )
-from trainers.data import build_from_config, fit_length  # noqa: E402
-from trainers.lifecycle import TrainerConfig, evaluate_before, evaluation_reward, finish  # noqa: E402
+from trainers.data import build_from_config, fit_length
+from trainers.lifecycle import TrainerArgs, evaluate_before, evaluation_reward, finish
 
 CURVES = ("loss", "rewards/accuracies", "rewards/margins")
 
 
 @dataclass
-class DPOOptions(TrainerConfig):
+class DPOArgs(TrainerArgs):
     """Options of `trainers/dpo.py` (the common trainer options plus these)."""
 
     learning_rate: float = field(default=5e-5, metadata={"help": "Peak learning rate of AdamW."})
@@ -50,10 +42,9 @@ class DPOOptions(TrainerConfig):
         "help": "Assumed share of flipped votes (robust/cDPO losses); 0 trusts every vote."})
 
 
-def main(config: DPOOptions) -> None:
+def main(config: DPOArgs) -> None:
     task = get_task(require_task(config))
     loaded = load_model(config.model)
-    drop_stale_gguf_marker(loaded.model)
     if loaded.is_seq2seq:
         raise FlywheelError(f"DPO trains causal LMs only, and {config.model} is a seq2seq (encoder-decoder) "
                             "model; fine-tune it with trainers/sft.py instead.")
@@ -80,4 +71,4 @@ def main(config: DPOOptions) -> None:
 
 
 if __name__ == "__main__":
-    run(main, DPOOptions)
+    run(main, DPOArgs)

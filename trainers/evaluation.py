@@ -1,7 +1,7 @@
 """Evaluate a base model (optionally with a LoRA adapter) on a task's examples.
 
 Generation is batched (left padding for causal LMs) with the same prompt encoding the demos
-use (`hub.engine.Engine.encode`). Each task gets the metrics that make sense for it: reference
+use (`serving.engine.Engine.encode`). Each task gets the metrics that make sense for it: reference
 metrics when the examples have references, toxicity when a scorer is given (always for
 `detox`), diversity and base-model perplexity for every task, rewards when a reward is given.
 """
@@ -17,9 +17,9 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict
 from typing import Any
 
-from hub.engine import Engine, GenerationSettings
 from hub.errors import FlywheelError
-from hub.models import LoadedModel
+from serving.engine import Engine, GenerationSettings
+from serving.models import LoadedModel
 from tasks import InvalidInput, Task
 from tasks.seed_data import Example
 from tasks.toxicity import ToxicityScorer, make_toxicity_scorer
@@ -242,7 +242,8 @@ def _applied(loaded: LoadedModel, adapter: str | None) -> Iterator[Any]:
         return
     from peft import PeftModel
 
-    from hub.adapters import resolve_adapter, validate_adapter
+    from hub.repos import resolve_adapter
+    from serving.adapters import validate_adapter
 
     if isinstance(loaded.model, PeftModel):
         raise FlywheelError("This model already carries adapters; evaluate from a freshly loaded base model.")

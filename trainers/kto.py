@@ -9,38 +9,30 @@ only some of each kind. When the two kinds are unbalanced the desirable weight i
 both count equally, as the KTO paper recommends, unless you set the weights yourself.
 """
 
-import pathlib
-import sys
 
-# `python trainers/kto.py` puts trainers/ first on sys.path, where trainers/evaluate.py would
-# shadow the PyPI `evaluate` package that transformers and TRL import.
-_HERE = pathlib.Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if pathlib.Path(p or ".").resolve() != _HERE]
+import logging
+from dataclasses import dataclass, field
 
-import logging  # noqa: E402
-from dataclasses import dataclass, field  # noqa: E402
-
-from hub.errors import FlywheelError  # noqa: E402
-from hub.models import load_model  # noqa: E402
-from tasks import InvalidInput, get_task  # noqa: E402
-from trainers.common import (  # noqa: E402
+from hub.errors import FlywheelError
+from serving.models import load_model
+from tasks import InvalidInput, get_task
+from trainers.common import (
     cpu_safe_training_args,
-    drop_stale_gguf_marker,
     lora_config,
     output_dir,
     report_rank,
     require_task,
     run,
 )
-from trainers.data import build_from_config, fit_length  # noqa: E402
-from trainers.lifecycle import TrainerConfig, evaluate_before, evaluation_reward, finish  # noqa: E402
+from trainers.data import build_from_config, fit_length
+from trainers.lifecycle import TrainerArgs, evaluate_before, evaluation_reward, finish
 
 logger = logging.getLogger("flywheel.trainers")
 CURVES = ("loss", "kl", "rewards/margins")
 
 
 @dataclass
-class KTOOptions(TrainerConfig):
+class KTOArgs(TrainerArgs):
     """Options of `trainers/kto.py` (the common trainer options plus these)."""
 
     learning_rate: float = field(default=5e-5, metadata={"help": "Peak learning rate of AdamW."})
@@ -51,13 +43,12 @@ class KTOOptions(TrainerConfig):
     undesirable_weight: float = field(default=1.0, metadata={"help": "Loss weight of bad examples."})
 
 
-def main(config: KTOOptions) -> None:
+def main(config: KTOArgs) -> None:
     task = get_task(require_task(config))
     if config.per_device_train_batch_size < 2:
         raise InvalidInput("KTO needs --per-device-train-batch-size of at least 2: it estimates its KL term "
                            "from the other examples of a batch.")
     loaded = load_model(config.model)
-    drop_stale_gguf_marker(loaded.model)
     if loaded.is_seq2seq:
         raise FlywheelError(f"KTO trains causal LMs only, and {config.model} is a seq2seq (encoder-decoder) "
                             "model; fine-tune it with trainers/sft.py instead.")
@@ -91,4 +82,4 @@ def main(config: KTOOptions) -> None:
 
 
 if __name__ == "__main__":
-    run(main, KTOOptions)
+    run(main, KTOArgs)

@@ -22,23 +22,23 @@ from pathlib import Path
 from typing import Any
 
 from hub.errors import FlywheelError
-from hub.models import LoadedModel
 from hub.publish import AdapterCard, PushResult, default_repo, push_adapter, write_card
+from serving.models import LoadedModel
 from tasks import Task
-from trainers.common import CommonConfig, is_main_process, save_metrics
+from trainers.common import CommonArgs, is_main_process, save_metrics
 from trainers.data import MIN_ROWS, TrainingData
 
 logger = logging.getLogger("flywheel.trainers")
 
 
 @dataclass
-class TrainerConfig(CommonConfig):
+class TrainerArgs(CommonArgs):
     """Common options plus those of the evaluation and data checks every TRL-based trainer shares."""
 
     min_rows: int = field(default=MIN_ROWS, metadata={
         "help": "Refuse to train on fewer rows than this (after the held-out evaluation split)."})
     eval_reward: str | None = field(default=None, metadata={
-        "help": "Reward spec scored during evaluation (see trainers/rewards.py), e.g. "
+        "help": "Reward spec scored during evaluation (see trainers/reward_functions.py), e.g. "
                 "`reward_model=<folder or repo>` for arena or `ratings` for tweet; needed when the "
                 "task's main metric is a reward."})
     eval_max_new_tokens: int | None = field(default=None, metadata={
@@ -60,17 +60,17 @@ class Outcome:
     plot: Path | None = None
 
 
-def evaluation_reward(config: TrainerConfig) -> Any | None:
+def evaluation_reward(config: TrainerArgs) -> Any | None:
     """The reward callable `--eval-reward` names, or None."""
     spec = getattr(config, "eval_reward", None)
     if not spec:
         return None
-    from trainers.rewards import build_reward
+    from trainers.reward_functions import build_reward
 
     return build_reward(spec)
 
 
-def evaluate_before(config: CommonConfig, *, loaded: LoadedModel, task: Task, examples: list[Any],
+def evaluate_before(config: CommonArgs, *, loaded: LoadedModel, task: Task, examples: list[Any],
                     reward_fn: Any | None = None) -> Any | None:
     """Score the base model on the held-out examples (rank 0 only; None elsewhere or with no examples)."""
     if not is_main_process() or not examples or config.eval_limit <= 0:
@@ -78,7 +78,7 @@ def evaluate_before(config: CommonConfig, *, loaded: LoadedModel, task: Task, ex
     return _evaluate(config, loaded=loaded, task=task, examples=examples, adapter=None, reward_fn=reward_fn)
 
 
-def finish(config: CommonConfig, *, method: str, task: Task, loaded: LoadedModel, model: Any,
+def finish(config: CommonArgs, *, method: str, task: Task, loaded: LoadedModel, model: Any,
            log_history: list[dict[str, Any]], data: TrainingData, before: Any | None, out: Path,
            reward_fn: Any | None = None, curve_keys: tuple[str, ...] = ("loss",),
            pipeline_tag: str = "text-generation") -> Outcome | None:
@@ -160,7 +160,7 @@ def recipe_of(config: Any) -> dict[str, Any]:
     return {k: v for k, v in values.items() if v is not None}
 
 
-def _evaluate(config: CommonConfig, *, loaded: LoadedModel, task: Task, examples: list[Any],
+def _evaluate(config: CommonArgs, *, loaded: LoadedModel, task: Task, examples: list[Any],
               adapter: str | None, reward_fn: Any | None) -> Any:
     from trainers.evaluation import default_settings, evaluate
 

@@ -23,29 +23,21 @@ the base with the adapter disabled. Each step (Ziegler et al. 2019; CleanRL's pp
 Dropout stays off throughout so the ratio compares the same network before and after updates.
 """
 
-import pathlib  # noqa: I001 - this block must run before any other import
-import sys
+import datetime
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
 
-# `python trainers/ppo.py` puts trainers/ first on sys.path, where evaluate.py would shadow the
-# PyPI `evaluate` package; drop it (the project itself is installed, so imports still resolve).
-_HERE = pathlib.Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if pathlib.Path(p or ".").resolve() != _HERE]
+import torch
+from torch import nn
 
-import datetime  # noqa: E402
-import logging  # noqa: E402
-import math  # noqa: E402
-import time  # noqa: E402
-from dataclasses import dataclass, field  # noqa: E402
-from typing import Any  # noqa: E402
-
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
-
-from tasks import InvalidInput, Task, get_task  # noqa: E402
-from trainers import ppo_state  # noqa: E402
-from trainers.common import require_task, run  # noqa: E402
-from trainers.lifecycle import TrainerConfig, evaluate_before, evaluation_reward, finish  # noqa: E402
-from trainers.ppo_core import (  # noqa: E402
+from tasks import InvalidInput, Task, get_task
+from trainers import ppo_state
+from trainers.common import require_task, run
+from trainers.lifecycle import TrainerArgs, evaluate_before, evaluation_reward, finish
+from trainers.ppo_core import (
     AdaptiveKLController,
     compute_gae,
     entropy_of,
@@ -57,13 +49,13 @@ from trainers.ppo_core import (  # noqa: E402
     response_mask,
     value_loss,
 )
-from trainers.rewards import CombinedReward, build_reward  # noqa: E402
+from trainers.reward_functions import CombinedReward, build_reward
 
 logger = logging.getLogger("flywheel.ppo")
 
 
 @dataclass
-class PPOConfig(TrainerConfig):
+class PPOArgs(TrainerArgs):
     """Options of `trainers/ppo.py`, after the common ones (--task, --model, --max-steps, --push, ...).
 
     `--per-device-train-batch-size` is the number of prompts each process rolls out per step.
@@ -105,7 +97,7 @@ class PPOConfig(TrainerConfig):
         "help": "grpo/rloo only: completions per prompt (the group)."})
 
 
-def check_config(config: PPOConfig) -> None:
+def check_config(config: PPOArgs) -> None:
     """Refuse configurations that cannot work, before anything heavy is loaded."""
     checks = [
         (config.algo in ("ppo", "grpo", "rloo"), f"Unknown --algo {config.algo!r}: use ppo, grpo or rloo."),
@@ -128,7 +120,7 @@ def check_config(config: PPOConfig) -> None:
             raise InvalidInput(message)
 
 
-def main(config: PPOConfig) -> None:
+def main(config: PPOArgs) -> None:
     check_config(config)
     task = get_task(require_task(config))
     reward = build_reward(config.reward)  # a bad reward fails here, before any model loads
@@ -140,13 +132,13 @@ def main(config: PPOConfig) -> None:
     train(config, task, reward)
 
 
-def train(config: PPOConfig, task: Task, reward: CombinedReward) -> None:
+def train(config: PPOArgs, task: Task, reward: CombinedReward) -> None:
     from accelerate import Accelerator
     from accelerate.utils import InitProcessGroupKwargs, set_seed
     from peft import get_peft_model
     from tqdm.auto import tqdm
 
-    from hub.models import load_model
+    from serving.models import load_model
     from trainers.common import lora_config, output_dir
     from trainers.rl_data import PromptBatcher, load_prompt_data, policy_prompt
 
@@ -285,7 +277,7 @@ class PolicyWithValue(nn.Module):
 
 
 def rollout(accelerator: Any, model: Any, tokenizer: Any, texts: list[str],
-            config: PPOConfig) -> dict[str, Any]:
+            config: PPOArgs) -> dict[str, Any]:
     """Generate one response per prompt and record what PPO needs about it (no gradients)."""
     from transformers import GenerationConfig
 
@@ -319,7 +311,7 @@ def rollout(accelerator: Any, model: Any, tokenizer: Any, texts: list[str],
 
 
 def ppo_update(accelerator: Any, model: Any, optimizer: Any, roll: dict[str, Any], advantages: Any,
-               returns: Any, config: PPOConfig) -> dict[str, Any]:
+               returns: Any, config: PPOArgs) -> dict[str, Any]:
     """Epochs of shuffled minibatches of the clipped PPO objective; returns mean statistics."""
 
     size = roll["responses"].shape[0]
@@ -364,4 +356,4 @@ def eos_token_ids(tokenizer: Any, model: Any) -> list[int]:
 
 
 if __name__ == "__main__":
-    run(main, PPOConfig)
+    run(main, PPOArgs)

@@ -9,7 +9,7 @@ The base LM becomes a sequence classifier with one output (`AutoModelForSequence
 saved with the adapter (`modules_to_save=["score"]`, in `adapter_model.safetensors`). TRL's
 `RewardTrainer` minimises the Bradley-Terry loss -log sigmoid(r_chosen - r_rejected) (minus a
 margin with `--rating-margin`), plus a small pull of rewards towards 0 (`--center-rewards`) so
-RL trainers get rewards on a stable scale. Load the result with `hub.reward_models.load_reward_model`.
+RL trainers get rewards on a stable scale. Load the result with `serving.reward_models.load_reward_model`.
 
 Data (see `trainers/reward_data.py`): arena votes, tweet ratings turned into pairs of completions
 of the same prompt, and `--seed-data` (HH-RLHF JSONL, the Kaggle arena CSV). Ties: by default
@@ -25,26 +25,20 @@ P(a) = s(d - t), P(b) = s(-d - t), P(tie) = 1 - P(a) - P(b), with t fitted on tr
 `--push` refuses a model whose held-out accuracy is not above 0.5, unless `--force`.
 """
 
-import pathlib
-import sys
 
-# `python trainers/reward.py` puts trainers/ first on sys.path, where trainers/evaluate.py would
-# shadow the PyPI `evaluate` package that transformers and TRL import.
-_HERE = pathlib.Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if pathlib.Path(p or ".").resolve() != _HERE]
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
-import json  # noqa: E402
-import logging  # noqa: E402
-import math  # noqa: E402
-import time  # noqa: E402
-from dataclasses import dataclass, field  # noqa: E402
-from typing import Any  # noqa: E402
-
-from hub.errors import FlywheelError  # noqa: E402
-from hub.reward_models import RewardModel, encode, load_reward_base  # noqa: E402
-from tasks import SLUGS, InvalidInput, get_task  # noqa: E402
-from trainers.common import (  # noqa: E402
-    CommonConfig,
+from hub.errors import FlywheelError
+from serving.reward_models import RewardModel, encode, load_reward_base
+from tasks import SLUGS, InvalidInput, get_task
+from trainers.common import (
+    CommonArgs,
     cpu_safe_training_args,
     is_main_process,
     lora_config,
@@ -54,7 +48,7 @@ from trainers.common import (  # noqa: E402
     run,
     save_metrics,
 )
-from trainers.reward_data import Pair, PairData, collect_pairs  # noqa: E402
+from trainers.reward_data import Pair, PairData, collect_pairs
 
 logger = logging.getLogger("flywheel.trainers")
 
@@ -64,7 +58,7 @@ TIE_MODES = ("drop", "both")
 
 
 @dataclass
-class RewardOptions(CommonConfig):
+class RewardArgs(CommonArgs):
     """Options of `trainers/reward.py` (the common trainer options plus these)."""
 
     eval_limit: int = field(default=500, metadata={
@@ -96,7 +90,7 @@ class RewardOptions(CommonConfig):
         "help": "Sequences per forward pass when scoring pairs."})
 
 
-def check_options(config: RewardOptions) -> None:
+def check_options(config: RewardArgs) -> None:
     if config.ties not in TIE_MODES:
         raise InvalidInput(f"--ties must be one of {', '.join(TIE_MODES)}, not {config.ties!r}.")
     if not 0 <= config.eval_fraction < 1:
@@ -107,7 +101,7 @@ def check_options(config: RewardOptions) -> None:
         raise InvalidInput("--rating-margin, --center-rewards and --lora-layers cannot be negative.")
 
 
-def main(config: RewardOptions) -> dict[str, Any] | None:
+def main(config: RewardArgs) -> dict[str, Any] | None:
     task = get_task(require_task(config, allowed=REWARD_TASKS))
     check_options(config)
     started = time.monotonic()
@@ -136,7 +130,7 @@ def main(config: RewardOptions) -> dict[str, Any] | None:
     return results
 
 
-def training_rows(pairs: list[Pair], tokenizer: Any, config: RewardOptions) -> list[dict[str, Any]]:
+def training_rows(pairs: list[Pair], tokenizer: Any, config: RewardArgs) -> list[dict[str, Any]]:
     """Tokenised `chosen_ids` / `rejected_ids` (and `margin` with --rating-margin) for RewardTrainer."""
     rows: list[dict[str, Any]] = []
     for pair in pairs:
@@ -158,8 +152,8 @@ def training_rows(pairs: list[Pair], tokenizer: Any, config: RewardOptions) -> l
     return rows
 
 
-def build_trainer(config: RewardOptions, model: Any, tokenizer: Any, rows: list[dict[str, Any]],
-                  out: pathlib.Path) -> Any:
+def build_trainer(config: RewardArgs, model: Any, tokenizer: Any, rows: list[dict[str, Any]],
+                  out: Path) -> Any:
     from datasets import Dataset
     from trl import RewardConfig, RewardTrainer
 
@@ -224,7 +218,7 @@ def score_diffs(scorer: RewardModel, pairs: list[Pair]) -> list[float]:
     return [a - b for a, b in zip(rewards_a, rewards_b, strict=True)]
 
 
-def evaluate_pairs(config: RewardOptions, data: PairData, scorer: RewardModel) -> dict[str, Any]:
+def evaluate_pairs(config: RewardArgs, data: PairData, scorer: RewardModel) -> dict[str, Any]:
     """Held-out metrics of chance, the TF-IDF baseline and the reward model (see the module docstring)."""
     from tasks.preference_baseline import PreferenceBaseline, preference_metrics
 
@@ -279,8 +273,8 @@ def _fmt(value: Any) -> str:
     return f"{value:.4f}" if isinstance(value, (int, float)) else "-"
 
 
-def publish(config: RewardOptions, *, task: Any, base_id: str, data: PairData, results: dict[str, Any],
-            table: str, out: pathlib.Path, plot: pathlib.Path) -> None:
+def publish(config: RewardArgs, *, task: Any, base_id: str, data: PairData, results: dict[str, Any],
+            table: str, out: Path, plot: Path) -> None:
     """Write the model card; with --push publish the reward model unless it is no better than chance."""
     from hub.publish import AdapterCard, default_repo, push_adapter, write_card
     from trainers.lifecycle import recipe_of
@@ -290,7 +284,7 @@ def publish(config: RewardOptions, *, task: Any, base_id: str, data: PairData, r
     better = isinstance(accuracy, float) and accuracy > 0.5
     verdict = (f"Held-out accuracy {accuracy:.4f} over {int(metrics['n'])} pairs (chance 0.5)."
                if isinstance(accuracy, float) else "The reward model was not evaluated (no held-out pairs).")
-    notes = [verdict, "Load it with `hub.reward_models.load_reward_model(<repo or folder>)`: a callable "
+    notes = [verdict, "Load it with `serving.reward_models.load_reward_model(<repo or folder>)`: a callable "
              "(prompts, completions) -> rewards; P(a preferred) = sigmoid(r_a - r_b)."]
     if config.push and not better and config.force:
         notes.append("Published with --force although it is not shown to beat chance.")
@@ -313,4 +307,4 @@ def publish(config: RewardOptions, *, task: Any, base_id: str, data: PairData, r
 
 
 if __name__ == "__main__":
-    run(main, RewardOptions)
+    run(main, RewardArgs)

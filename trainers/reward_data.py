@@ -2,7 +2,7 @@
 
 Every source becomes the same row, `prompt, response_a, response_b, winner (a|b|tie), margin, origin`:
 
-- **votes** (`preference` feedback, `hub.feedback_data.preference_view`): chosen/rejected, put
+- **votes** (`preference` feedback, `hub.feedback.loading.preference_view`): chosen/rejected, put
   in A/B order by a deterministic coin flip so `winner` is about half a, half b. Tie and
   both-bad votes name no winner; the view leaves them out.
 - **ratings** (`rating` feedback, `reward_view`): every two different completions of the same
@@ -106,7 +106,7 @@ def feedback_pairs(task: Task, repo: str | None, revision: str | None, *, min_ga
     """Votes and rating pairs of `task` from a feedback folder or Hub repo."""
     from collections import Counter
 
-    from hub.feedback_data import load_feedback_snapshot, preference_view, reward_view
+    from hub.feedback.loading import load_feedback_snapshot, preference_view, reward_view
 
     snapshot = load_feedback_snapshot(repo, task=task.slug, revision=revision)
     found = dict(Counter(snapshot.dataset["kind"])) if len(snapshot.dataset) else {}

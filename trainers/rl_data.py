@@ -9,7 +9,7 @@ Two renderings of one prompt:
 - the reward prompt: the task's plain-text prompt (`Task.text_prompt`), what reward callables and
   `trainers.evaluation.evaluate` pass to rewards;
 - the policy prompt: the text the model continues, rendered exactly as the demos and the
-  evaluation do (`hub.engine.Engine.encode`): the task's chat messages through the chat template,
+  evaluation do (`serving.engine.Engine.encode`): the task's chat messages through the chat template,
   or the plain prompt for a model without one.
 """
 

@@ -22,7 +22,7 @@ logger = logging.getLogger("flywheel.rl")
 
 
 def reward_functions(reward: Any) -> tuple[list[Callable[..., list[float]]], list[float]]:
-    """One TRL reward function per term of a `trainers.rewards.CombinedReward`, and the weights.
+    """One TRL reward function per term of a `trainers.reward_functions.CombinedReward`, and the weights.
 
     TRL calls each with `prompts`, `completions` (text, or assistant messages for chat prompts)
     and the dataset's other columns; the reward sees the plain prompt column `reward_prompt`.
@@ -43,7 +43,7 @@ def reward_functions(reward: Any) -> tuple[list[Callable[..., list[float]]], lis
 def train_with_trl(config: Any, task: Task, reward: Any) -> None:
     from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
 
-    from hub.models import load_model
+    from serving.models import load_model
     from trainers.common import cpu_safe_training_args, lora_config, output_dir
     from trainers.lifecycle import evaluate_before, evaluation_reward, finish
     from trainers.rl_data import load_prompt_data, messages_for

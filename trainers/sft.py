@@ -9,37 +9,30 @@ seq2seq models (Flan-T5) train with transformers' `Seq2SeqTrainer`. The base mod
 before and after on held-out examples; `--push` publishes the adapter only if it scores better.
 """
 
-import pathlib
-import sys
 
-# `python trainers/sft.py` puts trainers/ first on sys.path, where trainers/evaluate.py would
-# shadow the PyPI `evaluate` package that transformers and TRL import.
-_HERE = pathlib.Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if pathlib.Path(p or ".").resolve() != _HERE]
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
-from dataclasses import dataclass, field  # noqa: E402
-from typing import Any  # noqa: E402
-
-from hub.models import LoadedModel, load_model  # noqa: E402
-from tasks import SLUGS, get_task  # noqa: E402
-from trainers.common import (  # noqa: E402
+from serving.models import LoadedModel, load_model
+from tasks import SLUGS, get_task
+from trainers.common import (
     cpu_safe_training_args,
-    drop_stale_gguf_marker,
     lora_config,
     output_dir,
     report_rank,
     require_task,
     run,
 )
-from trainers.data import TrainingData, build_from_config, fit_length  # noqa: E402
-from trainers.lifecycle import TrainerConfig, evaluate_before, evaluation_reward, finish  # noqa: E402
+from trainers.data import TrainingData, build_from_config, fit_length
+from trainers.lifecycle import TrainerArgs, evaluate_before, evaluation_reward, finish
 
 SFT_TASKS = tuple(slug for slug in SLUGS if slug != "arena")
 """Arena feedback is votes between two answers: train it with DPO (or a reward model) instead."""
 
 
 @dataclass
-class SFTOptions(TrainerConfig):
+class SFTArgs(TrainerArgs):
     """Options of `trainers/sft.py` (the common trainer options plus these)."""
 
     max_target_length: int = field(default=128, metadata={
@@ -48,10 +41,9 @@ class SFTOptions(TrainerConfig):
         "help": "Causal LMs: compute the loss on the completion only, not on the prompt."})
 
 
-def main(config: SFTOptions) -> None:
+def main(config: SFTArgs) -> None:
     task = get_task(require_task(config, allowed=SFT_TASKS))
     loaded = load_model(config.model)
-    drop_stale_gguf_marker(loaded.model)
     chat = loaded.has_chat_template and not loaded.is_seq2seq
     data = build_from_config(config, "sft", task=task, chat=chat)
     if not loaded.is_seq2seq:  # long prompts would leave no room for the completion the loss is on
@@ -69,7 +61,7 @@ def main(config: SFTOptions) -> None:
            pipeline_tag="text2text-generation" if loaded.is_seq2seq else "text-generation")
 
 
-def _causal_trainer(config: SFTOptions, loaded: LoadedModel, data: TrainingData, out: pathlib.Path) -> Any:
+def _causal_trainer(config: SFTArgs, loaded: LoadedModel, data: TrainingData, out: Path) -> Any:
     from trl import SFTConfig, SFTTrainer
 
     args = SFTConfig(**cpu_safe_training_args(config, out), max_length=config.max_length,
@@ -80,7 +72,7 @@ def _causal_trainer(config: SFTOptions, loaded: LoadedModel, data: TrainingData,
                       peft_config=lora_config(config, task_type="CAUSAL_LM"))
 
 
-def _seq2seq_trainer(config: SFTOptions, loaded: LoadedModel, data: TrainingData, out: pathlib.Path) -> Any:
+def _seq2seq_trainer(config: SFTArgs, loaded: LoadedModel, data: TrainingData, out: Path) -> Any:
     from peft import get_peft_model
     from transformers import DataCollatorForSeq2Seq, Seq2SeqTrainer, Seq2SeqTrainingArguments, set_seed
 
@@ -103,4 +95,4 @@ def _seq2seq_trainer(config: SFTOptions, loaded: LoadedModel, data: TrainingData
 
 
 if __name__ == "__main__":
-    run(main, SFTOptions)
+    run(main, SFTArgs)

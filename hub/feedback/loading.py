@@ -13,7 +13,7 @@ shapes TRL 1.16 takes: `messages` (SFT), `prompt/chosen/rejected` (DPO, reward m
 Example:
     >>> import tempfile
     >>> from pathlib import Path
-    >>> from hub.feedback_store import FeedbackStore
+    >>> from hub.feedback.store import FeedbackStore
     >>> folder = Path(tempfile.mkdtemp())
     >>> with FeedbackStore(folder=folder) as store:
     ...     _ = store.log(task="detox", kind="flag", inputs={"prompt": "The fans"},
@@ -35,9 +35,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hub.errors import FlywheelError
-from hub.feedback_card import record_features
-from hub.feedback_records import KINDS, NO_WINNER, InvalidRecord, validate_record
+from hub.errors import FlywheelError, first_line
+from hub.feedback.card import record_features
+from hub.feedback.records import KINDS, NO_WINNER, InvalidRecord, validate_record
 from hub.paths import feedback_home
 from tasks import SLUGS, get_task
 
@@ -223,7 +223,7 @@ def _open(source: str | Path | None, *, revision: str | None,
     except RevisionNotFoundError:
         raise FlywheelError(f"Feedback repo {text} has no revision {revision}.") from None
     except (OSError, ValueError, httpx2.HTTPError) as error:  # network, HTTP and validation errors
-        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        first = first_line(error)
         raise FlywheelError(f"Feedback repo {text} could not be read: {first}") from None
     return Path(local), text, sha
 

@@ -14,9 +14,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from hub.adapters import resolve_adapter, validate_adapter
 from hub.errors import FlywheelError
-from hub.models import LoadedModel
+from hub.repos import resolve_adapter
+from serving.adapters import validate_adapter
+from serving.models import LoadedModel
 from tasks import InvalidInput, Task
 
 logger = logging.getLogger(__name__)
@@ -88,7 +89,7 @@ class Engine:
     """Serves generation for all tabs from one base model and any number of adapters.
 
     Example:
-        >>> from hub.models import load_model
+        >>> from serving.models import load_model
         >>> from tasks import get_task
         >>> engine = Engine(load_model())                          # doctest: +SKIP
         >>> task = get_task("tweet")

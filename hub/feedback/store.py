@@ -1,11 +1,11 @@
 """The feedback store: validated records appended to a local JSONL dataset, optionally synced to the Hub.
 
-`FeedbackStore.log()` validates a record (see `hub.feedback_records`), appends it to
+`FeedbackStore.log()` validates a record (see `hub.feedback.records`), appends it to
 `<folder>/data/<task>/<YYYY-MM-DD>/<writer-uuid>.jsonl` and fsyncs it before returning, so
 an accepted row survives a crash of the app. Each process writes its own file, so any
 number of threads and processes can share one folder. With `repo_id`, a background
 `HubSync` commits the folder to a private Hub dataset repo every `every` minutes; the Hub
-being slow or down never delays or breaks `log()`. `hub.feedback.FeedbackCallback` is this
+being slow or down never delays or breaks `log()`. `hub.feedback.callback.FeedbackCallback` is this
 store as a Gradio `FlaggingCallback`; this module itself does not import Gradio.
 
 Example:
@@ -33,9 +33,9 @@ from pathlib import Path
 from typing import Any
 
 from hub.errors import FlywheelError
-from hub.feedback_card import write_card
-from hub.feedback_records import build_record, encode_record
-from hub.feedback_sync import HubSync
+from hub.feedback.card import write_card
+from hub.feedback.records import build_record, encode_record
+from hub.feedback.sync import HubSync
 from hub.paths import feedback_home
 
 logger = logging.getLogger(__name__)
@@ -112,7 +112,7 @@ class FeedbackStore:
             generation: dict[str, Any] | None = None, session: str | None = None) -> dict[str, Any]:
         """Validate, append and fsync one record; return it once it is on disk.
 
-        Takes the keywords of `hub.feedback_records.build_record`. Raises `InvalidRecord` for a
+        Takes the keywords of `hub.feedback.records.build_record`. Raises `InvalidRecord` for a
         bad record and `FlywheelError` if the disk refuses it; either way it was not stored.
         """
         record = build_record(task=task, kind=kind, inputs=inputs, prompt=prompt, completion=completion,

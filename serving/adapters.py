@@ -1,52 +1,13 @@
-"""Finding LoRA adapters (Hub repo or folder), checking them before they are served."""
+"""Checking LoRA adapters before they are served: files, format, base model and shapes."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
 
 from hub.errors import FlywheelError
-
-ADAPTER_WEIGHTS = "adapter_model.safetensors"
-ADAPTER_CONFIG = "adapter_config.json"
-
-
-def resolve_adapter(ref: str, *, revision: str | None = None) -> tuple[Path, str]:
-    """Return (local folder, revision) for an adapter given as a folder or a Hub repo id.
-
-    For a Hub repo the revision is the commit sha that was downloaded; for a folder it is a
-    hash of the weights, so a retrained adapter saved in place counts as a new revision.
-    """
-    path = Path(ref).expanduser()
-    if path.exists():
-        if not path.is_dir():
-            raise FlywheelError(f"Adapter {ref} is not a folder.")
-        return path.resolve(), _content_revision(path)
-    if ref.startswith((".", "/", "~")) or ref.count("/") > 1:
-        raise FlywheelError(f"Adapter folder {ref} does not exist.")
-    from huggingface_hub import HfApi, snapshot_download
-    from huggingface_hub.errors import HfHubHTTPError
-
-    try:
-        sha = HfApi().model_info(ref, revision=revision).sha or (revision or "main")
-        local = snapshot_download(ref, revision=sha, allow_patterns=[ADAPTER_CONFIG, "*.safetensors",
-                                                                     "*.bin", "*.pt", "*.pth",
-                                                                     "README.md"])
-    except (HfHubHTTPError, OSError, ValueError) as error:
-        raise FlywheelError(f"Adapter repo {ref} could not be downloaded: {_first_line(error)}") from error
-    return Path(local), sha
-
-
-def latest_revision(ref: str) -> str:
-    """The revision `resolve_adapter` would load now (cheap: no download)."""
-    path = Path(ref).expanduser()
-    if path.exists():
-        return _content_revision(path)
-    from huggingface_hub import HfApi
-
-    return HfApi().model_info(ref).sha or "main"
+from hub.repos import ADAPTER_CONFIG, ADAPTER_WEIGHTS
 
 
 def validate_adapter(path: Path, *, base_id: str, model: Any | None = None) -> dict[str, Any]:
@@ -101,17 +62,3 @@ def _check_shapes(path: Path, model: Any) -> None:
             if actual != expected:
                 raise FlywheelError(f"Adapter at {path} does not fit this base model "
                                     f"({module_name}: {actual} vs {expected}).")
-
-
-def _content_revision(path: Path) -> str:
-    digest = hashlib.sha256()
-    for name in (ADAPTER_CONFIG, ADAPTER_WEIGHTS):
-        file = path / name
-        if file.exists():
-            digest.update(file.read_bytes())
-    return digest.hexdigest()[:40]
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__

@@ -12,7 +12,7 @@ Example:
     >>> import tempfile
     >>> from datasets import Features
     >>> from pathlib import Path
-    >>> from hub.feedback_card import write_card
+    >>> from hub.feedback.card import write_card
     >>> folder = Path(tempfile.mkdtemp())
     >>> write_card(folder)
     True
@@ -33,7 +33,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from hub.feedback_records import GENERATION_KEYS, MODEL_KEYS
+from hub.feedback.records import GENERATION_KEYS, MODEL_KEYS
 from tasks import SLUGS, get_task
 
 CARD_LICENSE = "apache-2.0"

@@ -31,7 +31,6 @@ import hashlib
 import json
 import logging
 import os
-import re
 import threading
 import time
 from collections.abc import Iterator
@@ -45,13 +44,14 @@ from filelock import FileLock, Timeout
 from huggingface_hub import CommitOperationAdd, CommitScheduler, HfApi, get_token
 from huggingface_hub._commit_scheduler import PartialFileIO
 
+from tasks.base import first_line
+
 logger = logging.getLogger(__name__)
 
 STATE_DIR = ".flywheel-sync"
 """Inside the feedback folder; never uploaded (it only says what was uploaded where)."""
 DEFAULT_REQUEST_TIMEOUT = 60.0
 """Seconds any one Hub request of an upload may take (connect, send or wait for the answer)."""
-_TOKEN_PATTERN = re.compile(r"hf_[A-Za-z0-9]{6,}")
 _TIMEOUT: ContextVar[float | None] = ContextVar("flywheel_hub_timeout", default=None)
 
 
@@ -296,11 +296,8 @@ def count_lines(path: Path, *, start: int, end: int) -> int:
 
 def describe_error(error: BaseException, *, secret: str | None = None) -> str:
     """First line of an error, shortened, with anything that looks like a token masked."""
-    text = str(error).strip().splitlines()[0] if str(error).strip() else ""
-    text = f"{type(error).__name__}: {text}" if text else type(error).__name__
-    if secret:
-        text = text.replace(secret, "***")
-    return _TOKEN_PATTERN.sub("hf_***", text)[:300]
+    text = first_line(error, secret)
+    return (text if text == type(error).__name__ else f"{type(error).__name__}: {text}")[:300]
 
 
 @contextlib.contextmanager

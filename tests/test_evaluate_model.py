@@ -1,4 +1,4 @@
-"""`python trainers/evaluate.py` end to end on tiny models, plus `evaluate()` with an adapter and a reward."""
+"""`python trainers/evaluate_model.py` end to end on tiny models, plus `evaluate()` with an adapter and a reward."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "trainers" / "evaluate.py"
+SCRIPT = ROOT / "trainers" / "evaluate_model.py"
 
 DIALOGSUM = [
     {"id": f"dev_{i}", "dialogue": f"#Person1#: Hello, table for {i}?\n#Person2#: Yes, follow me please.",
@@ -109,8 +109,8 @@ def test_evaluate_with_adapter_and_reward_restores_the_base_model(tiny_causal_lm
                                                                   tmp_path: Path) -> None:
     from peft import LoraConfig, get_peft_model
 
-    from hub.engine import GenerationSettings
-    from hub.models import load_model
+    from serving.engine import GenerationSettings
+    from serving.models import load_model
     from tasks import get_task
     from tasks.seed_data import Example
     from trainers.eval_report import EvalReport, compare_table

@@ -42,13 +42,13 @@ def _toxicity(argument: str | None) -> RewardFn:
 def _reward_model(argument: str | None) -> RewardFn:
     if not argument:
         raise InvalidInput("reward_model needs a reference: --reward reward_model=<folder or Hub repo>.")
-    from hub.reward_models import load_reward_model
+    from serving.reward_models import load_reward_model
 
     return load_reward_model(argument)
 
 
 def _ratings(argument: str | None) -> RewardFn:
-    from hub.reward_models import load_reward_model
+    from serving.reward_models import load_reward_model
 
     return load_reward_model(argument or default_ratings_model())
 

@@ -3,12 +3,12 @@
 The demos call `log()` (one validated record, fsynced before it returns) and
 `session_id()`; Gradio's `Interface` flagging calls `setup()` and `flag()`. Records land in
 `<folder>/data/<task>/<YYYY-MM-DD>/<writer-uuid>.jsonl`, and with `repo_id` also in a Hub
-dataset repo (see `hub.feedback_store` and `hub.feedback_sync`).
+dataset repo (see `hub.feedback.store` and `hub.feedback.sync`).
 
 Example:
     >>> import tempfile
     >>> from pathlib import Path
-    >>> from hub.feedback import FeedbackCallback
+    >>> from hub.feedback.callback import FeedbackCallback
     >>> with FeedbackCallback(folder=Path(tempfile.mkdtemp())) as feedback:
     ...     record = feedback.log(task="arena", kind="preference", inputs={"prompt": "Hi"},
     ...                           chosen="Hello! How can I help?", rejected="What.", label="A",
@@ -26,8 +26,8 @@ from typing import Any
 from gradio import FlaggingCallback
 
 from hub.errors import FlywheelError
-from hub.feedback_records import InvalidRecord, build_record
-from hub.feedback_store import FEEDBACK_REPO_ENV, FeedbackStore, feedback_repo_from_env
+from hub.feedback.records import InvalidRecord, build_record
+from hub.feedback.store import FEEDBACK_REPO_ENV, FeedbackStore, feedback_repo_from_env
 from tasks import get_task
 
 __all__ = ["FEEDBACK_REPO_ENV", "FeedbackCallback", "FeedbackStore", "InvalidRecord", "build_record",

@@ -27,9 +27,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from hub.adapters import ADAPTER_CONFIG, ADAPTER_WEIGHTS, resolve_adapter
-from hub.errors import FlywheelError
-from hub.models import BUNDLED, BUNDLED_HUB_ID, BUNDLED_NAME, resolve_model_ref
+from hub.errors import FlywheelError, first_line
+from hub.repos import ADAPTER_CONFIG, ADAPTER_WEIGHTS, resolve_adapter
+from serving.models import BUNDLED, BUNDLED_HUB_ID, BUNDLED_NAME, resolve_model_ref
 
 logger = logging.getLogger(__name__)
 
@@ -96,7 +96,7 @@ def load_reward_base(ref: str | None, *, dtype: str = "float32") -> tuple[Any, A
     try:
         config = AutoConfig.from_pretrained(source)
     except (OSError, ValueError) as error:
-        raise FlywheelError(f"Cannot load model {ref!r}: {_first_line(error)}") from error
+        raise FlywheelError(f"Cannot load model {ref!r}: {first_line(error)}") from error
     if getattr(config, "is_encoder_decoder", False):
         raise FlywheelError(f"Reward models need a decoder-only (causal) model; {ref} is seq2seq "
                             f"({config.model_type}). Use e.g. --model bundled or gpt2.")
@@ -114,7 +114,7 @@ def load_reward_base(ref: str | None, *, dtype: str = "float32") -> tuple[Any, A
             model = AutoModelForSequenceClassification.from_pretrained(
                 source, config=config, dtype=getattr(torch, dtype))
     except (OSError, ValueError, KeyError) as error:
-        raise FlywheelError(f"Cannot load {ref!r} as a reward model: {_first_line(error)}") from error
+        raise FlywheelError(f"Cannot load {ref!r} as a reward model: {first_line(error)}") from error
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "right"
@@ -194,7 +194,7 @@ def load_reward_model(ref: str, *, revision: str | None = None, base_model: str 
         model = PeftModel.from_pretrained(model, str(path)).merge_and_unload()
     except (OSError, ValueError, KeyError, RuntimeError) as error:
         raise FlywheelError(f"Reward model {ref} does not fit base model {base_ref}: "
-                            f"{_first_line(error)}") from error
+                            f"{first_line(error)}") from error
     model.eval()
     logger.info("Loaded reward model %s (revision %s) on %s", ref, resolved[:12], base_id)
     return RewardModel(model, tokenizer, ref=ref, base_id=base_id, revision=resolved,
@@ -237,7 +237,3 @@ def _base_ref(name: str | None, *, ref: str) -> str:
             return BUNDLED_HUB_ID
     return name
 
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__

@@ -1,26 +1,21 @@
-"""Evaluate a model (and optionally a LoRA adapter) on a task: `python trainers/evaluate.py --help`."""
+"""Evaluate a model (and optionally a LoRA adapter) on a task: `python trainers/evaluate_model.py --help`."""
 
-import pathlib
+
+import logging
+import os
 import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
-# Run as a script, this folder would be sys.path[0] and this file would shadow the `evaluate` package.
-_HERE = pathlib.Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if pathlib.Path(p or ".").resolve() != _HERE]
-
-import logging  # noqa: E402
-import os  # noqa: E402
-import time  # noqa: E402
-from dataclasses import asdict, dataclass, field  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-from hub.errors import FlywheelError  # noqa: E402
-from tasks import SLUGS, InvalidInput  # noqa: E402
+from hub.errors import FlywheelError
+from tasks import SLUGS, InvalidInput
 
 logger = logging.getLogger("flywheel.evaluate")
 
 
 @dataclass
-class EvaluateConfig:
+class EvaluateArgs:
     """Generate on a task's examples and score the outputs (metrics chosen per task).
 
     Flags may also come from `--config file.yaml` (keys named like the flags, with underscores);
@@ -58,11 +53,11 @@ class EvaluateConfig:
     progress: bool = field(default=True, metadata={"help": "Show progress bars (--no_progress to hide)."})
 
 
-def main(config: EvaluateConfig) -> Path:
+def main(config: EvaluateArgs) -> Path:
     """Run one evaluation, print its table, write its JSON report, and return the report path."""
-    from hub.engine import GenerationSettings
-    from hub.models import load_model
     from hub.paths import flywheel_home
+    from serving.engine import GenerationSettings
+    from serving.models import load_model
     from tasks import get_task
     from tasks.seed_data import load_examples
     from tasks.toxicity import make_toxicity_scorer
@@ -75,7 +70,7 @@ def main(config: EvaluateConfig) -> Path:
     toxicity = None if config.toxicity.strip().lower() == "none" else make_toxicity_scorer(config.toxicity)
     reward_fn = None
     if config.reward:
-        from trainers.rewards import build_reward
+        from trainers.reward_functions import build_reward
 
         reward_fn = build_reward(config.reward)
     settings = GenerationSettings(
@@ -104,7 +99,7 @@ def cli(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     # The Hub client logs every retry; the one-line error at the end says what failed.
     os.environ.setdefault("HF_HUB_VERBOSITY", "error")
-    parser = TrlParser((EvaluateConfig,), description=EvaluateConfig.__doc__)
+    parser = TrlParser((EvaluateArgs,), description=EvaluateArgs.__doc__)
     try:
         (config,) = parser.parse_args_and_config(args=argv)
         main(config)
