@@ -7,12 +7,21 @@ Rows: bare `FeedbackCallback.log()` from threads (the store's own ceiling), then
 `feedback_tweet` endpoint driven by concurrent `gradio_client` clients, each checked
 afterwards (rows on disk == requests, all valid), then the same load with Hub sync to the
 local test Hub, reporting commits per minute and whether every row reached the Hub.
+
+The suite accepts feedback only with a valid ticket (`hub.feedback.tickets`), so each
+request carries one, signed with the benchmark's own `FLYWHEEL_SECRET` exactly as the app
+signs an output (generating 1,600 outputs first would measure the model, not feedback);
+quotas are off. After the tables: how many forged feedback calls the suite accepted (must be
+0 of N) and what checking a ticket costs per row.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import functools
+import json
+import os
 import statistics
 import sys
 import tempfile
@@ -31,10 +40,17 @@ if not __package__:  # run as a script: tests/ (the local Hub, the tiny model) i
 
 from hub.feedback.callback import FeedbackCallback
 from hub.feedback.loading import load_feedback
+from hub.feedback.tickets import SECRET_ENV, TICKET_TTL, sign_ticket, verify_ticket
 from tests.hub_server import HubServer
 
 RATINGS = {"relevance": 4, "clarity": 5, "originality": 3, "engagement": 4}
 REPO = "user/flywheel-feedback-bench"
+PROMPT = "Advice for founders"
+SECRET = "the feedback benchmark's own key, never a Space's"
+GENERATION = {"temperature": 0.7, "top_k": 50, "top_p": 0.9, "repetition_penalty": 1.1, "max_new_tokens": 96,
+              "seed": None}
+ServedFor = Callable[[str], Any]
+"""The served-by sent with an output's text: a signed one for the suite, None for the minimal app."""
 
 
 @functools.cache
@@ -49,8 +65,19 @@ def tiny_engine(workdir: Path) -> Any:
 def build_suite(feedback: FeedbackCallback, workdir: Path, concurrency: int) -> Any:
     """The real seven-tab app around a tiny random model (feedback does not depend on the model)."""
     from demos.app import build_app
+    from demos.quotas import Access, Limits
 
-    return build_app(tiny_engine(workdir), feedback=feedback, concurrency_limit=concurrency)
+    return build_app(tiny_engine(workdir), feedback=feedback, concurrency_limit=concurrency,
+                     access=Access(limits=Limits.off(), queue_size=4096))
+
+
+def signed(base: str, text: str, *, key: str = SECRET, ttl: float = TICKET_TTL, now: float | None = None,
+           ) -> dict[str, Any]:
+    """The served-by the suite returns with `text` (an output of the base model for `PROMPT`)."""
+    model = {"base": base, "adapter": None, "revision": None}
+    ticket = sign_ticket(key=key.encode(), task="tweet", inputs={"prompt": PROMPT}, completion=text, model=model,
+                         generation=GENERATION, ttl=ttl, now=now)
+    return {**model, "generation": GENERATION, "ticket": ticket}
 
 
 def build_minimal(feedback: FeedbackCallback, workdir: Path, concurrency: int) -> Any:
@@ -73,7 +100,7 @@ def build_minimal(feedback: FeedbackCallback, workdir: Path, concurrency: int) -
     return app
 
 
-def run_clients(url: str, *, clients: int, requests: int) -> tuple[list[float], float]:
+def run_clients(url: str, served_for: ServedFor, *, clients: int, requests: int) -> tuple[list[float], float]:
     """Latencies (s) of `clients` concurrent clients sending `requests` each, and the wall time.
 
     Each client first sends one untimed request (connection and session set-up), so the
@@ -83,7 +110,7 @@ def run_clients(url: str, *, clients: int, requests: int) -> tuple[list[float], 
 
     pool = [Client(url, verbose=False) for _ in range(clients)]
     for client in pool:
-        send(client, "warm-up")
+        send(client, "warm-up", served_for)
     latencies: list[float] = []
     lock = threading.Lock()
     errors: list[BaseException] = []
@@ -92,7 +119,7 @@ def run_clients(url: str, *, clients: int, requests: int) -> tuple[list[float], 
         try:
             for i in range(requests):
                 start = time.perf_counter()
-                send(client, f"Tweet {i} of client {number}")
+                send(client, f"Tweet {i} of client {number}", served_for)
                 with lock:
                     latencies.append(time.perf_counter() - start)
         except BaseException as error:  # noqa: BLE001 - reported after the run
@@ -112,8 +139,8 @@ def run_clients(url: str, *, clients: int, requests: int) -> tuple[list[float], 
     return latencies, wall
 
 
-def send(client: Any, text: str) -> None:
-    client.predict("Advice for founders", text, *RATINGS.values(), None, api_name="/feedback_tweet")
+def send(client: Any, text: str, served_for: ServedFor) -> None:
+    client.predict(PROMPT, text, *RATINGS.values(), served_for(text), api_name="/feedback_tweet")
 
 
 def run_direct(feedback: FeedbackCallback, *, threads: int, requests: int) -> tuple[list[float], float]:
@@ -157,7 +184,9 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=50, help="Requests per client.")
     parser.add_argument("--concurrency", type=int, default=32, help="Gradio queue concurrency limit.")
     parser.add_argument("--every", type=float, default=0.05, help="Minutes between Hub commits (Hub row).")
+    parser.add_argument("--forgeries", type=int, default=5, help="Attempts per kind of forged feedback.")
     args = parser.parse_args()
+    os.environ[SECRET_ENV] = SECRET  # the suite signs with the key the clients sign with
     counts = [int(n) for n in args.clients.split(",")]
     builder: Callable[..., Any] = build_suite if args.app == "suite" else build_minimal
     print(f"app={args.app} requests/client={args.requests} queue concurrency={args.concurrency} "
@@ -178,13 +207,16 @@ def main() -> None:
                 app = builder(feedback, work, args.concurrency)
                 _, url, _ = app.launch(prevent_thread_lock=True, server_name="127.0.0.1", quiet=True)
                 try:
-                    latencies, wall = run_clients(url, clients=clients, requests=args.requests)
+                    latencies, wall = run_clients(url, served_for(app), clients=clients, requests=args.requests)
                 finally:
                     app.close()
             check = rows_ok(folder, len(latencies) + clients)
             print(row("gradio_client", clients, latencies, wall, check), flush=True)
         print(hub_row(builder, work, clients=max(counts), requests=args.requests,
                       concurrency=args.concurrency, every=args.every), flush=True)
+        if args.app == "suite":
+            print(forged_row(work, attempts=args.forgeries), flush=True)
+    print(ticket_cost(), flush=True)
 
 
 def hub_row(builder: Callable[..., Any], work: Path, *, clients: int, requests: int, concurrency: int,
@@ -201,7 +233,7 @@ def hub_row(builder: Callable[..., Any], work: Path, *, clients: int, requests: 
         app = builder(feedback, work, concurrency)
         _, url, _ = app.launch(prevent_thread_lock=True, server_name="127.0.0.1", quiet=True)
         try:
-            latencies, wall = run_clients(url, clients=clients, requests=requests)
+            latencies, wall = run_clients(url, served_for(app), clients=clients, requests=requests)
         finally:
             app.close()
         during = server.commit_count(REPO, "dataset") - before
@@ -214,6 +246,86 @@ def hub_row(builder: Callable[..., Any], work: Path, *, clients: int, requests: 
                f"{written / max(during, 1):.0f} rows/commit); rows on Hub after close: "
                f"{'all' if on_hub == written else f'{on_hub}/{written}'}")
     return row("gradio_client + Hub sync", clients, latencies, wall, rows_ok(folder, written), summary)
+
+
+def served_for(app: Any) -> ServedFor:
+    """How clients of `app` vouch for the texts they rate: a signed served-by for the suite."""
+    suite = getattr(app, "flywheel_suite", None)
+    if suite is None:
+        return lambda text: None
+    base = suite.engine.loaded.base_id
+    return lambda text: signed(base, text)
+
+
+def forgeries(base: str) -> dict[str, ServedFor]:
+    """Ways to fake feedback on `text`: each gives the served-by sent with it."""
+
+    def payload_edited(text: str) -> dict[str, Any]:
+        served = signed(base, text)
+        body, signature = served["ticket"].split(".")
+        payload = json.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
+        payload["model"]["adapter"] = "evil"
+        edited = base64.urlsafe_b64encode(json.dumps(payload, sort_keys=True, separators=(",", ":")).encode())
+        return {**served, "adapter": "evil", "ticket": f"{edited.rstrip(b'=').decode()}.{signature}"}
+
+    return {
+        "ticket payload edited": payload_edited,
+        "served-by edited beside the ticket": lambda text: {**signed(base, text), "adapter": "evil"},
+        "ticket signed with another key": lambda text: signed(base, text, key="a key this server never had"),
+        "expired ticket": lambda text: signed(base, text, now=time.time() - 2 * TICKET_TTL),
+        "ticket of another output": lambda text: signed(base, text + " (as served)"),
+        "no ticket": lambda text: {k: v for k, v in signed(base, text).items() if k != "ticket"},
+        "served-by not an object": lambda text: "evil",
+    }
+
+
+def forged_row(work: Path, *, attempts: int) -> str:
+    """Forged feedback sent to the suite through gradio_client: how much of it became rows."""
+    from gradio_client import Client
+
+    folder = work / "forged"
+    with FeedbackCallback(folder=folder) as feedback:
+        app = build_suite(feedback, work, 4)
+        _, url, _ = app.launch(prevent_thread_lock=True, server_name="127.0.0.1", quiet=True)
+        client = Client(url, verbose=False)
+        base, accepted, tried = app.flywheel_suite.engine.loaded.base_id, 0, 0
+        try:
+            replayed = signed(base, "A real output, rated once.")
+            client.predict(PROMPT, "A real output, rated once.", *RATINGS.values(), replayed,
+                           api_name="/feedback_tweet")
+            kinds = {**forgeries(base), "replayed ticket": lambda text: replayed}
+            for name, forge in kinds.items():
+                for i in range(attempts):
+                    text = "A real output, rated once." if name == "replayed ticket" else f"{name} {i}"
+                    tried += 1
+                    try:
+                        client.predict(PROMPT, text, *RATINGS.values(), forge(text), api_name="/feedback_tweet")
+                        accepted += 1
+                    except Exception:  # noqa: BLE001 - refused, as it should be
+                        pass
+        finally:
+            client.close()
+            app.close()
+        rows = len(load_feedback(folder, task="tweet"))
+    return (f"forged feedback accepted: {accepted} of {tried} ({len(kinds)} kinds x {attempts}); "
+            f"rows on disk: {rows} (1 honest rating sent)")
+
+
+def ticket_cost(iterations: int = 2000) -> str:
+    """Signing and checking one ticket, in microseconds (a 280-character output)."""
+    key, text = SECRET.encode(), "x" * 280
+    model = {"base": "HuggingFaceTB/SmolLM2-135M-Instruct", "adapter": "me/tweet-sft", "revision": "0" * 40}
+    start = time.perf_counter()
+    for _ in range(iterations):
+        ticket = sign_ticket(key=key, task="tweet", inputs={"prompt": PROMPT}, completion=text, model=model,
+                             generation=GENERATION)
+    signing = (time.perf_counter() - start) / iterations
+    start = time.perf_counter()
+    for _ in range(iterations):
+        verify_ticket(ticket, key=key, task="tweet", inputs={"prompt": PROMPT}, completion=text)
+    checking = (time.perf_counter() - start) / iterations
+    return (f"ticket cost per row: check {checking * 1e6:.0f} us, sign {signing * 1e6:.0f} us "
+            f"(compare the p50 of log() above)")
 
 
 if __name__ == "__main__":

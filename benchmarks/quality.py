@@ -117,9 +117,11 @@ def preference_part(args: argparse.Namespace, out: pathlib.Path) -> dict[str, An
         "--learning-rate", str(args.rm_lr), "--output-dir", str(target), "--report-to", "none",
         "--logging-steps", "5",
     ], out / "reward.log")
-    results = json.loads((target / "eval_metrics.json").read_text())
+    before = json.loads((target / "eval_before.json").read_text())  # chance, and the TF-IDF baseline
+    after = json.loads((target / "eval_after.json").read_text())  # the reward model
+    models = {"chance": before["metrics"], **before["baselines"], "reward_model": after["metrics"]}
     return {"wall_seconds": wall, "train_seconds": train_runtime(target), "steps": args.rm_steps,
-            "pairs_seen": args.rm_steps * args.rm_batch, **results}
+            "pairs_seen": args.rm_steps * args.rm_batch, "models": models, **after["info"]}
 
 
 def table(report: dict[str, Any]) -> str:
@@ -137,7 +139,8 @@ def table(report: dict[str, Any]) -> str:
                    f"(training {(preference['train_seconds'] or 0) / 60:.1f})")
         models = preference["models"]
         held = f"{preference['held_out_pairs']} held-out HH-RLHF pairs"
-        names = {"chance": "chance", "tfidf_logreg": f"TF-IDF + LR ({preference['train_pairs']} train pairs)",
+        names = {"chance": "chance",
+                 "TF-IDF + logistic regression": f"TF-IDF + LR ({preference['train_pairs']} train pairs)",
                  "reward_model": f"LoRA reward model ({preference['pairs_seen']} pairs seen)"}
         for key, label in names.items():
             if key in models:

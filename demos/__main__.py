@@ -4,6 +4,7 @@ Examples:
     python -m demos                                   # bundled SmolLM2, no account, no network
     python -m demos --model HuggingFaceTB/SmolLM2-360M-Instruct
     python -m demos --adapter tweet=me/flywheel-tweet-ppo --feedback-repo me/flywheel-feedback
+    python -m demos --require-login --limit generation=30/hour --limit feedback-per-ip=off
     python -m demos --list-tasks
 """
 
@@ -13,8 +14,12 @@ import argparse
 import logging
 import os
 import sys
+from typing import TYPE_CHECKING
 
 from tasks import SLUGS
+
+if TYPE_CHECKING:
+    from demos.quotas import Access
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -22,8 +27,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=os.environ.get("FLYWHEEL_MODEL", "bundled"),
                         help="Base model: `bundled` (default), a Hub id or a local folder.")
-    parser.add_argument("--adapter", action="append", default=[], metavar="SLUG=REF",
-                        help="LoRA adapter for a tab (Hub repo id or folder). Repeatable.")
+    parser.add_argument("--adapter", action="append", default=[], metavar="SLUG=REF[@REV]",
+                        help="LoRA adapter for a tab (Hub repo id or folder); REPO@REV pins a Hub revision "
+                             "(commit, tag or branch). Repeatable.")
     parser.add_argument("--arena-a", default=None, metavar="KEY",
                         help="Adapter key answering on the arena's left (default: base model).")
     parser.add_argument("--arena-b", default="arena", metavar="KEY",
@@ -38,26 +44,42 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--public-feedback", action="store_true",
                         help="Create the feedback repo as public instead of private.")
     parser.add_argument("--no-session-id", action="store_true",
-                        help="Store no session hash with feedback records.")
-    parser.add_argument("--concurrency", type=int, default=4, help="Requests served at once per endpoint.")
+                        help="Store no session or user hash with feedback records.")
+    parser.add_argument("--require-login", action="store_true",
+                        help="Show 'Sign in with Hugging Face' and accept feedback only from signed-in people "
+                             "(locally Gradio signs you in as the account of `hf auth login`).")
+    parser.add_argument("--limit", action="append", default=[], metavar="NAME=N/WINDOW",
+                        help="Override a quota: NAME is generation, generation-per-ip, feedback or "
+                             "feedback-per-ip; N/WINDOW like 60/hour, or off. Repeatable. Defaults: "
+                             "120/hour per person and 360/hour per IP for generation, twice that for feedback.")
+    parser.add_argument("--queue-size", type=int, default=64,
+                        help="Requests waiting in the queue at most; more are refused (default 64).")
+    parser.add_argument("--proxy-hops", type=int, default=0,
+                        help="Proxies in front of the app that append to X-Forwarded-For (default 0).")
+    parser.add_argument("--concurrency", type=int, default=4,
+                        help="Generations in progress at once (they share one model); also other requests "
+                             "at once per endpoint.")
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
                         help="Weights dtype (float32 is fastest on CPUs without native bf16).")
     parser.add_argument("--list-tasks", action="store_true", help="Print the task slugs and exit.")
     return parser.parse_args(argv)
 
 
-def parse_adapters(pairs: list[str]) -> dict[str, str]:
+def access_from_args(args: argparse.Namespace) -> Access:
+    """The app's `demos.quotas.Access` from the flags; `InvalidInput` for a bad one."""
+    from demos.app import login_problem
+    from demos.quotas import Access, Limits
+    from hub.feedback.tickets import secret_key
     from tasks import InvalidInput
 
-    adapters = {}
-    for pair in pairs:
-        slug, sep, ref = pair.partition("=")
-        if not sep or not ref:
-            raise InvalidInput(f"--adapter expects SLUG=REF, got {pair!r}.")
-        if slug not in SLUGS:
-            raise InvalidInput(f"--adapter names unknown task {slug!r}; choose one of: {', '.join(SLUGS)}.")
-        adapters[slug] = ref
-    return adapters
+    if args.queue_size < 1 or args.proxy_hops < 0:
+        raise InvalidInput("--queue-size must be at least 1 and --proxy-hops at least 0.")
+    problem = login_problem() if args.require_login else None
+    if problem:
+        raise InvalidInput(f"--require-login: {problem}")
+    secret_key()  # now, so a bad FLYWHEEL_SECRET is one error line before the model loads
+    return Access(limits=Limits.parse(args.limit), require_login=args.require_login,
+                  proxy_hops=args.proxy_hops, queue_size=args.queue_size)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -66,30 +88,34 @@ def main(argv: list[str] | None = None) -> int:
         print("\n".join(SLUGS))
         return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    from demos.app import build_app
+    from demos.app import MAX_FILE_SIZE, build_app, stop_on_sigterm
     from demos.handlers import ArenaSides
     from hub.errors import FlywheelError
     from hub.feedback.callback import FeedbackCallback
+    from hub.repos import parse_adapter_specs
     from serving.engine import Engine
     from serving.models import load_model
     from tasks import InvalidInput
 
     try:
-        adapters = parse_adapters(args.adapter)
+        access = access_from_args(args)
+        adapters = parse_adapter_specs(args.adapter, arena_sides=(args.arena_a, args.arena_b))
         engine = Engine(load_model(args.model, dtype=args.dtype))
-        for slug, ref in adapters.items():
-            engine.load_adapter(slug, ref)
+        for key, spec in adapters.items():
+            engine.load_adapter(key, spec.ref, revision=spec.revision)
         feedback = FeedbackCallback(repo_id=args.feedback_repo, every=args.feedback_every,
                                     private=not args.public_feedback, session_ids=not args.no_session_id)
+        feedback.setup()  # starts the Hub sync now, so rows a previous run left unpushed go up at once
     except (FlywheelError, InvalidInput) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     app = build_app(engine, feedback=feedback, concurrency_limit=args.concurrency,
-                    arena=ArenaSides(a=args.arena_a, b=args.arena_b))
+                    arena=ArenaSides(a=args.arena_a, b=args.arena_b), access=access)
+    stop_on_sigterm()
     try:
-        app.launch(server_name=args.host, server_port=args.port, show_error=True)
+        app.launch(server_name=args.host, server_port=args.port, show_error=True, max_file_size=MAX_FILE_SIZE)
     finally:
-        feedback.close()  # pushes the last rows when a Hub repo is configured
+        feedback.close()  # on Ctrl-C or SIGTERM too: refuses new rows, pushes the rest to the Hub repo
     return 0
 
 

@@ -1,46 +1,88 @@
 """The Gradio Blocks suite: one tab per task, shared settings, named API endpoints.
 
 Endpoints (for `gradio_client`): `generate_<slug>` and `feedback_<slug>` for every task.
+A feedback call passes back the served-by its output came with (it holds the output's ticket).
 """
 
 from __future__ import annotations
 
+import os
+import signal
 from typing import Any
 
 import gradio as gr
 
-from demos.handlers import ARENA_VOTES, ArenaSides, Suite
+from demos.handlers import ARENA_VOTES, ArenaSides, Suite, refusal
+from demos.quotas import Access, Quotas, Visitor, visitor_from
 from demos.settings import SettingsPanel, build_settings_panel
+from hub.feedback.records import MAX_TEXT_CHARS
 from serving.engine import Engine, GenerationSettings
 from tasks import TASKS, Task
 
 PRIVATE = {"api_visibility": "private"}
+MAX_FILE_SIZE = "1mb"
+"""`launch(max_file_size=...)`: no tab takes files, so Gradio's upload route gets a small cap."""
+
+
+def stop_on_sigterm() -> None:
+    """Make SIGTERM (a Space restart, `docker stop`, `kill`) end `launch()` as Ctrl-C does.
+
+    Python's default for SIGTERM ends the process on the spot, so a `finally` that closes the
+    feedback store (pushing the rows it holds) would never run. As a KeyboardInterrupt in the
+    main thread it stops Gradio's server and lets that cleanup run; a second SIGTERM is
+    ignored so it cannot cut the last push short. Call it from the main thread.
+    """
+    def interrupt(signum: int, frame: Any) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+
+
+def login_problem() -> str | None:
+    """Why "Sign in with Hugging Face" cannot work in this process, or None if it can."""
+    if os.environ.get("OAUTH_CLIENT_ID"):  # a Space whose README says `hf_oauth: true`
+        return None
+    if os.environ.get("SYSTEM") == "spaces":
+        return "signing in needs `hf_oauth: true` in the Space's README front matter."
+    from huggingface_hub import get_token
+
+    if get_token() is None:  # off a Space, Gradio signs everyone in as this machine's account
+        return "off a Space, Gradio signs you in as this machine's Hugging Face account: run `hf auth login` first."
+    return None
 
 
 def build_app(engine: Engine, *, feedback: Any | None = None, arena: ArenaSides = ArenaSides(),
               defaults: GenerationSettings = GenerationSettings(), title: str = "Flywheel",
-              concurrency_limit: int = 4, header: str | None = None) -> gr.Blocks:
+              concurrency_limit: int = 4, header: str | None = None, access: Access = Access()) -> gr.Blocks:
     """Build the seven-tab app around one engine.
+
+    `access` sets the quotas, Hugging Face sign-in and the queue length. Every generate
+    endpoint shares one concurrency group of `concurrency_limit` (they share one model).
 
     Example:
         >>> from serving.models import load_model
-        >>> app = build_app(Engine(load_model()))   # doctest: +SKIP
-        >>> app.queue().launch()                    # doctest: +SKIP
+        >>> app = build_app(Engine(load_model()))              # doctest: +SKIP
+        >>> app.launch(max_file_size=MAX_FILE_SIZE)            # doctest: +SKIP
     """
-    suite = Suite(engine, feedback=feedback, arena=arena)
+    suite = Suite(engine, feedback=feedback, arena=arena, quotas=Quotas(access.limits),
+                  require_login=access.require_login)
+    tabs = _Tabs(suite, access, concurrency_limit)
     with gr.Blocks(title=title) as app:
         gr.Markdown(header or f"# {title}\nDemos that learn from you: every answer can be flagged, "
                     "rated, voted on or corrected, and that feedback trains the next adapter.")
+        if access.login or access.require_login:
+            gr.LoginButton(elem_id="login")
         settings = build_settings_panel(defaults)
         with gr.Tabs():
             for task in TASKS.values():
                 with gr.Tab(task.title, id=task.slug):
                     gr.Markdown(task.description)
                     if task.slug == "arena":
-                        _arena_tab(suite, task, settings)
+                        tabs.arena(task, settings)
                     else:
-                        _task_tab(suite, task, settings)
-    app.queue(default_concurrency_limit=concurrency_limit)
+                        tabs.task(task, settings)
+    app.queue(default_concurrency_limit=concurrency_limit, max_size=access.queue_size)
     app.flywheel_suite = suite
     return app
 
@@ -50,128 +92,142 @@ def _inputs(task: Task) -> list[gr.Textbox]:
                        elem_id=f"{task.slug}-{f.name}") for f in task.fields]
 
 
-def _task_tab(suite: Suite, task: Task, settings: SettingsPanel) -> None:
-    with gr.Row():
-        with gr.Column():
-            fields = _inputs(task)
-            button = gr.Button("Generate", variant="primary", elem_id=f"{task.slug}-generate")
-            if task.examples:
-                gr.Examples([[ex[name] for name in task.field_names] for ex in task.examples], fields)
-        with gr.Column():
-            output = gr.Textbox(label="Output", lines=6, interactive=False, elem_id=f"{task.slug}-output")
-            outputs: list[gr.components.Component] = [output]
-            if task.slug == "detox":
-                outputs.append(gr.Number(label="Toxicity score (0 = clean, 1 = toxic)", precision=4))
-            with gr.Accordion("Served by (model, adapter, revision, settings)", open=False):
-                served_by = gr.JSON(show_label=False)
-            outputs.insert(1, served_by)
-
-    def generate(*values: Any):
-        yield from suite.generate(task.slug, list(values))
-
-    event = button.click(generate, fields + settings.components(), outputs, api_name=f"generate_{task.slug}")
-    if task.rating_weights:
-        _ratings_feedback(suite, task, fields, output, served_by)
-    else:
-        edit = _flag_feedback(suite, task, fields, output, served_by)
-        event.success(lambda text: text, output, edit, **PRIVATE)
+def _texts(*values: Any) -> list[str]:
+    """Output and edit boxes as text (non-text counts as empty), refusing over-long ones before any
+    per-character work."""
+    texts = [value if isinstance(value, str) else "" for value in values]
+    if any(len(text) > MAX_TEXT_CHARS for text in texts):
+        raise refusal(f"An output or corrected output is longer than {MAX_TEXT_CHARS} characters.")
+    return texts
 
 
-def _flag_feedback(suite: Suite, task: Task, fields: list[gr.Textbox], output: gr.Textbox,
-                   served_by: gr.JSON) -> gr.Textbox:
-    with gr.Group():
-        gr.Markdown("**Your feedback**: flag the output, or correct it and send the corrected text.")
-        flag = gr.Radio(list(task.flags), label="Flag", elem_id=f"{task.slug}-flag")
-        edit = gr.Textbox(label="Corrected output (optional)", lines=4, elem_id=f"{task.slug}-edit")
-        send = gr.Button("Send feedback", elem_id=f"{task.slug}-send")
-        status = gr.Markdown(elem_id=f"{task.slug}-status")
+class _Tabs:
+    """Lays out the tabs and wires their events to the suite, with who is asking."""
 
-    def feedback(request: gr.Request, *values: Any) -> str:
-        *inputs, completion, label, edited, served = values
-        session = getattr(request, "session_hash", None)
-        if not (completion or "").strip():
-            raise gr.Error("Generate an output first, then give feedback on it.")
-        edited = (edited or "").strip()
-        is_edit = bool(edited) and edited != completion.strip()
-        if not label and not is_edit:
-            raise gr.Error("Choose a flag or write a corrected output.")
-        messages = []
-        if label:
-            messages.append(suite.record(task.slug, inputs, served, session, kind="flag",
-                                         completion=completion, label=label))
-        if is_edit:
-            messages.append(suite.record(task.slug, inputs, served, session, kind="edit",
-                                         completion=completion, edited=edited))
-        return " ".join(messages)
+    def __init__(self, suite: Suite, access: Access, concurrency_limit: int) -> None:
+        self.suite = suite
+        self.proxy_hops = access.proxy_hops
+        self.generation = {"concurrency_id": "generation", "concurrency_limit": concurrency_limit}
 
-    send.click(feedback, [*fields, output, flag, edit, served_by], status, api_name=f"feedback_{task.slug}")
-    return edit
+    def visitor(self, request: gr.Request | None, profile: gr.OAuthProfile | None) -> Visitor:
+        return visitor_from(request, profile.username if profile else None, proxy_hops=self.proxy_hops)
 
-
-def _ratings_feedback(suite: Suite, task: Task, fields: list[gr.Textbox], output: gr.Textbox,
-                      served_by: gr.JSON) -> None:
-    with gr.Group():
-        gr.Markdown("**Rate this output** from 1 (poor) to 5 (excellent).")
+    def task(self, task: Task, settings: SettingsPanel) -> None:
+        suite = self.suite
         with gr.Row():
-            sliders = [gr.Slider(1, 5, value=3, step=1, label=name.capitalize(), elem_id=f"{task.slug}-{name}")
-                       for name in task.rating_weights]
-        reward = gr.Number(label="Reward (weighted, 0 to 1)", value=task.reward_from_ratings(
-            dict.fromkeys(task.rating_weights, 3)), interactive=False)
-        send = gr.Button("Send ratings", elem_id=f"{task.slug}-send")
-        status = gr.Markdown(elem_id=f"{task.slug}-status")
+            with gr.Column():
+                fields = _inputs(task)
+                button = gr.Button("Generate", variant="primary", elem_id=f"{task.slug}-generate")
+                if task.examples:
+                    gr.Examples([[ex[name] for name in task.field_names] for ex in task.examples], fields)
+            with gr.Column():
+                output = gr.Textbox(label="Output", lines=6, interactive=False, elem_id=f"{task.slug}-output")
+                outputs: list[gr.components.Component] = [output]
+                if task.slug == "detox":
+                    outputs.append(gr.Number(label="Toxicity score (0 = clean, 1 = toxic)", precision=4))
+                with gr.Accordion("Served by (model, adapter, revision, settings, ticket)", open=False):
+                    served_by = gr.JSON(show_label=False)
+                outputs.insert(1, served_by)
 
-    def ratings_of(values: tuple[Any, ...]) -> dict[str, int]:
-        return {name: int(value) for name, value in zip(task.rating_weights, values, strict=True)}
+        def generate(request: gr.Request, profile: gr.OAuthProfile | None, *values: Any):
+            yield from suite.generate(task.slug, list(values), visitor=self.visitor(request, profile))
 
-    def show_reward(*values: Any) -> float:
-        return task.reward_from_ratings(ratings_of(values))
+        event = button.click(generate, fields + settings.components(), outputs, api_name=f"generate_{task.slug}",
+                             **self.generation)
+        if task.rating_weights:
+            self._ratings_feedback(task, fields, output, served_by)
+        else:
+            edit = self._flag_feedback(task, fields, output, served_by)
+            event.success(lambda text: text, output, edit, **PRIVATE)
 
-    for slider in sliders:
-        slider.change(show_reward, sliders, reward, **PRIVATE)
+    def _flag_feedback(self, task: Task, fields: list[gr.Textbox], output: gr.Textbox,
+                       served_by: gr.JSON) -> gr.Textbox:
+        with gr.Group():
+            gr.Markdown("**Your feedback**: flag the output, or correct it and send the corrected text.")
+            flag = gr.Radio(list(task.flags), label="Flag", elem_id=f"{task.slug}-flag")
+            edit = gr.Textbox(label="Corrected output (optional)", lines=4, elem_id=f"{task.slug}-edit")
+            send = gr.Button("Send feedback", elem_id=f"{task.slug}-send")
+            status = gr.Markdown(elem_id=f"{task.slug}-status")
 
-    def feedback(request: gr.Request, *values: Any) -> str:
-        n = len(fields)
-        inputs, completion = values[:n], values[n]
-        served, ratings = values[-1], ratings_of(values[n + 1:-1])
-        if not (completion or "").strip():
-            raise gr.Error("Generate an output first, then rate it.")
-        return suite.record(task.slug, list(inputs), served, getattr(request, "session_hash", None),
-                            kind="rating", completion=completion, ratings=ratings,
-                            reward=task.reward_from_ratings(ratings))
+        def feedback(request: gr.Request, profile: gr.OAuthProfile | None, *values: Any) -> str:
+            *inputs, completion, label, edited, served = values
+            completion, edited = _texts(completion, edited)
+            if not completion.strip():
+                raise refusal("Generate an output first, then give feedback on it.")
+            is_edit = bool(edited.strip()) and edited.strip() != completion.strip()
+            if not label and not is_edit:
+                raise refusal("Choose a flag or write a corrected output.")
+            visitor, messages = self.visitor(request, profile), []
+            if label:
+                messages.append(self.suite.record(task.slug, inputs, served, visitor, kind="flag",
+                                                  completion=completion, label=label))
+            if is_edit:  # the edit belongs to the output it corrects: same ticket
+                messages.append(self.suite.record(task.slug, inputs, served, visitor, kind="edit",
+                                                  completion=completion, edited=edited.strip()))
+            return " ".join(messages)
 
-    send.click(feedback, [*fields, output, *sliders, served_by], status, api_name=f"feedback_{task.slug}")
+        send.click(feedback, [*fields, output, flag, edit, served_by], status, api_name=f"feedback_{task.slug}")
+        return edit
 
+    def _ratings_feedback(self, task: Task, fields: list[gr.Textbox], output: gr.Textbox,
+                          served_by: gr.JSON) -> None:
+        with gr.Group():
+            gr.Markdown("**Rate this output** from 1 (poor) to 5 (excellent).")
+            with gr.Row():
+                sliders = [gr.Slider(1, 5, value=3, step=1, label=name.capitalize(),
+                                     elem_id=f"{task.slug}-{name}") for name in task.rating_weights]
+            reward = gr.Number(label="Reward (weighted, 0 to 1)", value=task.reward_from_ratings(
+                dict.fromkeys(task.rating_weights, 3)), interactive=False)
+            send = gr.Button("Send ratings", elem_id=f"{task.slug}-send")
+            status = gr.Markdown(elem_id=f"{task.slug}-status")
 
-def _arena_tab(suite: Suite, task: Task, settings: SettingsPanel) -> None:
-    fields = _inputs(task)
-    button = gr.Button("Generate both", variant="primary", elem_id="arena-generate")
-    gr.Examples([[ex[name] for name in task.field_names] for ex in task.examples], fields)
-    with gr.Row():
-        answer_a = gr.Textbox(label="Answer A", lines=8, interactive=False, elem_id="arena-a")
-        answer_b = gr.Textbox(label="Answer B", lines=8, interactive=False, elem_id="arena-b")
-    with gr.Accordion("Served by (model, adapter, revision, settings)", open=False):
-        served_by = gr.JSON(show_label=False)
-    vote = gr.Radio(list(ARENA_VOTES), label="Which answer is better?", elem_id="arena-vote")
-    send = gr.Button("Send vote", elem_id="arena-send")
-    status = gr.Markdown(elem_id="arena-status")
+        def ratings_of(values: tuple[Any, ...]) -> dict[str, int]:
+            return {name: int(value) for name, value in zip(task.rating_weights, values, strict=True)}
 
-    def generate(*values: Any):
-        yield from suite.generate_arena(list(values))
+        def show_reward(*values: Any) -> float:
+            return task.reward_from_ratings(ratings_of(values))
 
-    button.click(generate, fields + settings.components(), [answer_a, answer_b, served_by],
-                 api_name="generate_arena")
+        for slider in sliders:
+            slider.change(show_reward, sliders, reward, **PRIVATE)
 
-    def feedback(request: gr.Request, *values: Any) -> str:
-        *inputs, a, b, choice, served = values
-        if not (a or "").strip() or not (b or "").strip():
-            raise gr.Error("Generate both answers first, then vote.")
-        if choice not in ARENA_VOTES:
-            raise gr.Error(f"Vote must be one of: {', '.join(ARENA_VOTES)}.")
-        chosen, rejected = (b, a) if choice == "B" else (a, b)
-        served = served or {}
-        side = served.get("B" if choice == "B" else "A") or {}
-        return suite.record(task.slug, inputs, side, getattr(request, "session_hash", None),
-                            kind="preference", chosen=chosen, rejected=rejected,
-                            tie=choice in ("tie", "both bad"), label=choice.replace(" ", "-"))
+        def feedback(request: gr.Request, profile: gr.OAuthProfile | None, *values: Any) -> str:
+            n = len(fields)
+            inputs, completion = values[:n], values[n]
+            served, ratings = values[-1], ratings_of(values[n + 1:-1])
+            (completion,) = _texts(completion)
+            if not completion.strip():
+                raise refusal("Generate an output first, then rate it.")
+            return self.suite.record(task.slug, list(inputs), served, self.visitor(request, profile),
+                                     kind="rating", completion=completion, ratings=ratings,
+                                     reward=task.reward_from_ratings(ratings))
 
-    send.click(feedback, [*fields, answer_a, answer_b, vote, served_by], status, api_name="feedback_arena")
+        send.click(feedback, [*fields, output, *sliders, served_by], status, api_name=f"feedback_{task.slug}")
+
+    def arena(self, task: Task, settings: SettingsPanel) -> None:
+        fields = _inputs(task)
+        button = gr.Button("Generate both", variant="primary", elem_id="arena-generate")
+        gr.Examples([[ex[name] for name in task.field_names] for ex in task.examples], fields)
+        with gr.Row():
+            answer_a = gr.Textbox(label="Answer A", lines=8, interactive=False, elem_id="arena-a")
+            answer_b = gr.Textbox(label="Answer B", lines=8, interactive=False, elem_id="arena-b")
+        with gr.Accordion("Served by (model, adapter, revision, settings, tickets)", open=False):
+            served_by = gr.JSON(show_label=False)
+        vote = gr.Radio(list(ARENA_VOTES), label="Which answer is better?", elem_id="arena-vote")
+        send = gr.Button("Send vote", elem_id="arena-send")
+        status = gr.Markdown(elem_id="arena-status")
+
+        def generate(request: gr.Request, profile: gr.OAuthProfile | None, *values: Any):
+            yield from self.suite.generate_arena(list(values), visitor=self.visitor(request, profile))
+
+        button.click(generate, fields + settings.components(), [answer_a, answer_b, served_by],
+                     api_name="generate_arena", **self.generation)
+
+        def feedback(request: gr.Request, profile: gr.OAuthProfile | None, *values: Any) -> str:
+            *inputs, a, b, choice, served = values
+            a, b = _texts(a, b)
+            if not (a.strip() and b.strip()):
+                raise refusal("Generate both answers first, then vote.")
+            return self.suite.record_vote(inputs, served, self.visitor(request, profile), answers=(a, b),
+                                          choice=choice)
+
+        send.click(feedback, [*fields, answer_a, answer_b, vote, served_by], status, api_name="feedback_arena")

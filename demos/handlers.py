@@ -2,25 +2,47 @@
 
 Everything a person can get wrong becomes a `gr.Error` with one clear sentence; the server
 keeps serving whatever happens inside generation.
+
+Feedback is bound to what was served: every finished output's served-by carries a signed
+ticket (`hub.feedback.tickets`), and a record is stored only for an output whose ticket is
+valid, unexpired and matches the task, inputs and text sent back. The record's model and
+settings come from the ticket, never from the client; each ticket gives each kind of feedback
+once. Quotas (`demos.quotas`) bound how often one person or one IP address may generate or
+send feedback.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from contextlib import closing
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import gradio as gr
 
+from demos.quotas import Quotas, Visitor
 from demos.settings import settings_from_values
 from hub.errors import FlywheelError
+from hub.feedback.records import MAX_TEXT_CHARS, MODEL_KEYS
+from hub.feedback.tickets import (
+    TICKET_TTL,
+    InvalidTicket,
+    SpentTickets,
+    Ticket,
+    pseudonym,
+    secret_key,
+    sign_ticket,
+    verify_ticket,
+)
 from serving.engine import BASE_LABEL, Engine, GenerationSettings
 from tasks import InvalidInput, Task, get_task
 
 logger = logging.getLogger(__name__)
 
 ARENA_VOTES = ("A", "B", "tie", "both bad")
+_JSON_TYPES = {dict: "an object", list: "an array", str: "a string", bool: "a boolean", int: "a number",
+               float: "a number", type(None): "null"}
 
 
 @dataclass(frozen=True)
@@ -35,61 +57,88 @@ class ArenaSides:
     b_temperature: float = 1.2
 
 
+def refusal(message: str) -> gr.Error:
+    """The error a person sees; no traceback in the server log (refusals are routine, and a flood
+    of forged calls must not flood the log). Failures inside generation are logged separately."""
+    return gr.Error(message, print_exception=False)
+
+
 def user_message(error: BaseException) -> str:
     return str(error) if isinstance(error, (InvalidInput, FlywheelError)) else f"Something went wrong: {error}"
 
 
 class Suite:
-    """The app's behaviour, independent of layout: one engine, one optional feedback sink."""
+    """The app's behaviour, independent of layout: one engine, one optional feedback sink.
+
+    Args:
+        quotas: per-person and per-IP limits (None: unlimited).
+        require_login: refuse feedback from people not signed in with Hugging Face.
+        key: the ticket-signing key (default `hub.feedback.tickets.secret_key()`).
+        ticket_ttl: seconds an output stays open to feedback.
+    """
 
     def __init__(self, engine: Engine, *, feedback: Any | None = None,
-                 arena: ArenaSides = ArenaSides(), toxicity: Any | None = None) -> None:
+                 arena: ArenaSides = ArenaSides(), toxicity: Any | None = None, quotas: Quotas | None = None,
+                 require_login: bool = False, key: bytes | None = None, ticket_ttl: float = TICKET_TTL) -> None:
         self.engine = engine
         self.feedback = feedback
         self.arena = arena
+        self.quotas = quotas
+        self.require_login = require_login
+        self.ticket_ttl = ticket_ttl
+        self._key = secret_key() if key is None else key
+        self._spent = SpentTickets()
         self._toxicity = toxicity
 
     # Generation -------------------------------------------------------------------------------
-    def generate(self, slug: str, values: list[Any]) -> Iterator[tuple[Any, ...]]:
-        """Stream (text, served-by[, toxicity]) for a single-output tab."""
+    def generate(self, slug: str, values: list[Any], *,
+                 visitor: Visitor | None = None) -> Iterator[tuple[Any, ...]]:
+        """Stream (text, served-by[, toxicity]) for a single-output tab; the last served-by has the ticket."""
         task = get_task(slug)
+        self._admit("generation", visitor)
         inputs, settings = self._parse(task, values)
         adapter = slug if slug in self.engine.adapters() else None
         served_by = self._served_by(adapter, settings)
         text = ""
         try:
-            for text in self.engine.stream(task, inputs, settings, adapter=adapter,
-                                           on_start=self._pin(served_by)):
-                yield self._outputs(task, text, served_by, final=False)
+            # closing(): a client that goes away closes this generator, which stops the engine at once.
+            with closing(self.engine.stream(task, inputs, settings, adapter=adapter,
+                                            on_start=self._pin(served_by))) as stream:
+                for text in stream:
+                    yield self._outputs(task, text, served_by, final=False)
         except Exception as error:  # noqa: BLE001 - reported to the person, server keeps going
             logger.exception("Generation failed for %s", slug)
-            raise gr.Error(user_message(error)) from None
+            raise refusal(user_message(error)) from None
+        self._sign(task, inputs, text, served_by)
         yield self._outputs(task, text, served_by, final=True)
 
-    def generate_arena(self, values: list[Any]) -> Iterator[tuple[str, str, dict[str, Any]]]:
-        """Stream both arena answers, A first then B."""
+    def generate_arena(self, values: list[Any], *,
+                       visitor: Visitor | None = None) -> Iterator[tuple[str, str, dict[str, Any]]]:
+        """Stream both arena answers, A first then B; each side's served-by gets its ticket when done."""
         task = get_task("arena")
+        self._admit("generation", visitor)
         inputs, settings = self._parse(task, values)
         adapters = self.engine.adapters()
         a_key = self.arena.a if self.arena.a in adapters else None
         b_key = self.arena.b if self.arena.b in adapters else None
         b_settings = settings
         if a_key == b_key:
-            seed = None if settings.seed is None else settings.seed + 1
+            seed = None if settings.seed is None else (settings.seed + 1) % (2**63)
             b_settings = GenerationSettings(**{**asdict(settings), "temperature": self.arena.b_temperature,
                                                "seed": seed})
         served = {"A": self._served_by(a_key, settings), "B": self._served_by(b_key, b_settings)}
-        answer_a = answer_b = ""
+        answers = {"A": "", "B": ""}
         try:
-            for answer_a in self.engine.stream(task, inputs, settings, adapter=a_key,
-                                               on_start=self._pin(served["A"])):
-                yield answer_a, answer_b, served
-            for answer_b in self.engine.stream(task, inputs, b_settings, adapter=b_key,
-                                               on_start=self._pin(served["B"])):
-                yield answer_a, answer_b, served
+            for side, key, side_settings in (("A", a_key, settings), ("B", b_key, b_settings)):
+                with closing(self.engine.stream(task, inputs, side_settings, adapter=key,
+                                                on_start=self._pin(served[side]))) as stream:
+                    for answers[side] in stream:
+                        yield answers["A"], answers["B"], served
+                self._sign(task, inputs, answers[side], served[side])
         except Exception as error:  # noqa: BLE001
             logger.exception("Arena generation failed")
-            raise gr.Error(user_message(error)) from None
+            raise refusal(user_message(error)) from None
+        yield answers["A"], answers["B"], served
 
     def _parse(self, task: Task, values: list[Any]) -> tuple[dict[str, str], GenerationSettings]:
         n = len(task.fields)
@@ -97,7 +146,7 @@ class Suite:
             inputs = task.validate(dict(zip(task.field_names, values[:n], strict=True)))
             settings = settings_from_values(*values[n:n + 6])
         except InvalidInput as error:
-            raise gr.Error(str(error)) from None
+            raise refusal(str(error)) from None
         return inputs, settings
 
     @staticmethod
@@ -118,6 +167,11 @@ class Suite:
             "generation": asdict(settings),
         }
 
+    def _sign(self, task: Task, inputs: dict[str, str], text: str, served_by: dict[str, Any]) -> None:
+        served_by["ticket"] = sign_ticket(key=self._key, task=task.slug, inputs=inputs, completion=text,
+                                          model={key: served_by[key] for key in MODEL_KEYS},
+                                          generation=served_by["generation"], ttl=self.ticket_ttl)
+
     def _outputs(self, task: Task, text: str, served_by: dict[str, Any], *, final: bool) -> tuple[Any, ...]:
         if task.slug != "detox":
             return text, served_by
@@ -136,23 +190,96 @@ class Suite:
             logger.exception("Toxicity scoring failed")
             return None
 
+    def _admit(self, action: str, visitor: Visitor | None) -> None:
+        if self.quotas is not None and visitor is not None:
+            try:
+                self.quotas.check(action, visitor)
+            except InvalidInput as error:
+                raise refusal(str(error)) from None
+
     # Feedback ---------------------------------------------------------------------------------
-    def record(self, slug: str, values: list[Any], served_by: dict[str, Any] | None,
-               session: str | None, *, kind: str, **fields: Any) -> str:
-        """Validate and store one feedback record; return the confirmation shown to the person."""
+    def record(self, slug: str, values: list[Any], served_by: Any, visitor: Visitor | None, *, kind: str,
+               **fields: Any) -> str:
+        """Store one flag, rating or edit of the output `fields["completion"]`; return the confirmation.
+
+        `served_by` is what `generate_<slug>` returned with that output. The store validates the
+        record once (`hub.feedback.records.build_record`); its message becomes the `gr.Error`.
+        """
+        task, inputs = self._admit_feedback(slug, values, visitor)
+        ticket = self._verify(task, inputs, served_by, fields.get("completion"), what="served-by")
+        return self._store(task, values, visitor, [ticket], kind=kind, model=ticket.model,
+                           generation=ticket.generation, **fields)
+
+    def record_vote(self, values: list[Any], served_by: Any, visitor: Visitor | None, *,
+                    answers: tuple[str, str], choice: str) -> str:
+        """Store one arena vote on `answers` (A, B); `served_by` holds both sides' served-by."""
+        task, inputs = self._admit_feedback("arena", values, visitor)
+        if choice not in ARENA_VOTES:
+            raise refusal(f"Vote must be one of: {', '.join(ARENA_VOTES)}.")
+        if not isinstance(served_by, dict):
+            raise refusal(f"served-by must be the JSON object generate_arena returned, with sides A and B "
+                           f"(got {_JSON_TYPES.get(type(served_by), 'another value')}).")
+        tickets = {side: self._verify(task, inputs, served_by.get(side), answer, what=f"served-by {side}")
+                   for side, answer in zip("AB", answers, strict=True)}
+        a, b = answers
+        chosen, rejected, winner = (b, a, "B") if choice == "B" else (a, b, "A")
+        return self._store(task, values, visitor, list(tickets.values()), kind="preference", chosen=chosen,
+                           rejected=rejected, tie=choice in ("tie", "both bad"), label=choice.replace(" ", "-"),
+                           model=tickets[winner].model, generation=tickets[winner].generation,
+                           sides={side: ticket.model for side, ticket in tickets.items()})
+
+    def _admit_feedback(self, slug: str, values: list[Any], visitor: Visitor | None) -> tuple[Task, dict[str, str]]:
         if self.feedback is None:
-            raise gr.Error("Feedback is switched off for this app.")
+            raise refusal("Feedback is switched off for this app.")
+        if self.require_login and not (visitor and visitor.username):
+            raise refusal("Sign in with Hugging Face (the button at the top of the page) to send feedback.")
+        self._admit("feedback", visitor)
         task = get_task(slug)
         try:
-            inputs = task.validate(dict(zip(task.field_names, values, strict=True)))
-            served_by = served_by or {}
+            # The ticket signs the validated inputs; the store validates them again with the record.
+            return task, task.validate(dict(zip(task.field_names, values, strict=True)))
+        except (InvalidInput, ValueError) as error:
+            raise refusal(str(error)) from None
+
+    def _verify(self, task: Task, inputs: dict[str, str], served_by: Any, completion: Any, *, what: str) -> Ticket:
+        """The ticket in `served_by`, checked against the output text and the inputs sent back."""
+        if not isinstance(served_by, dict):
+            raise refusal(f"{what} must be the JSON object generate_{task.slug} returned with the output "
+                           f"(got {_JSON_TYPES.get(type(served_by), 'another value')}).")
+        if not isinstance(completion, str) or len(completion) > MAX_TEXT_CHARS:  # before hashing it
+            raise refusal(f"The output must be the text generate_{task.slug} returned "
+                           f"(at most {MAX_TEXT_CHARS} characters).")
+        try:
+            ticket = verify_ticket(served_by.get("ticket"), key=self._key, task=task.slug, inputs=inputs,
+                                   completion=completion)
+        except InvalidTicket as error:
+            raise refusal(str(error)) from None
+        for name, value in {**ticket.model, "generation": ticket.generation}.items():
+            if name in served_by and served_by[name] != value:
+                raise refusal(f"{what} was changed after it was served ({name}); send it back exactly as "
+                               f"generate_{task.slug} returned it.")
+        return ticket
+
+    def _store(self, task: Task, values: list[Any], visitor: Visitor | None, tickets: list[Ticket], *,
+               kind: str, **fields: Any) -> str:
+        visitor = visitor or Visitor()
+        claimed: list[Ticket] = []
+        try:
+            for ticket in tickets:
+                if not self._spent.claim(ticket, kind):
+                    raise refusal(f"This output already has your {kind}; generate a new output to send more.")
+                claimed.append(ticket)
             record = self.feedback.log(
-                task=slug, kind=kind, inputs=inputs, prompt=task.messages(inputs),
-                model={"base": served_by.get("base", self.engine.loaded.base_id),
-                       "adapter": served_by.get("adapter"), "revision": served_by.get("revision")},
-                generation=served_by.get("generation"), session=self.feedback.session_id(session),
-                **fields,
-            )
-        except (InvalidInput, FlywheelError) as error:
-            raise gr.Error(str(error)) from None
+                task=task.slug, kind=kind, inputs=dict(zip(task.field_names, values, strict=True)),
+                session=self.feedback.session_id(visitor.session), user=self._user_hash(visitor), **fields)
+        except (InvalidInput, FlywheelError, gr.Error) as error:
+            for ticket in claimed:  # nothing was stored: the person may try again
+                self._spent.release(ticket, kind)
+            raise error if isinstance(error, gr.Error) else refusal(str(error)) from None
         return f"Thanks! Saved your {kind} (record {record['id'][:8]})."
+
+    def _user_hash(self, visitor: Visitor) -> str | None:
+        """A keyed hash of the signed-in username (None when anonymous or identifiers are off)."""
+        if not visitor.username or not getattr(self.feedback, "session_ids", True):
+            return None
+        return pseudonym(visitor.username, key=self._key)

@@ -1,12 +1,17 @@
-"""The generation-settings panel shared by every tab."""
+"""The generation-settings panel shared by every tab; its ranges are `tasks.generation.GENERATION_LIMITS`."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import gradio as gr
 
 from serving.engine import GenerationSettings
+from tasks import InvalidInput
+from tasks.generation import GENERATION_LIMITS
+
+INFO = {"temperature": "0 = greedy", "seed": "empty = random"}
 
 
 @dataclass
@@ -26,32 +31,37 @@ class SettingsPanel:
 
 
 def build_settings_panel(defaults: GenerationSettings) -> SettingsPanel:
+    """One control per setting; Gradio itself refuses API values outside a control's range."""
+    controls: dict[str, Any] = {}
     with gr.Accordion("Generation settings (all tabs)", open=False):
-        with gr.Row():
-            temperature = gr.Slider(0, 2, value=defaults.temperature, step=0.05, label="Temperature",
-                                    info="0 = greedy")
-            top_k = gr.Slider(0, 200, value=defaults.top_k, step=1, label="Top-k")
-            top_p = gr.Slider(0.05, 1, value=defaults.top_p, step=0.01, label="Top-p")
-        with gr.Row():
-            repetition_penalty = gr.Slider(0.5, 2.5, value=defaults.repetition_penalty, step=0.05,
-                                           label="Repetition penalty")
-            max_new_tokens = gr.Slider(1, 512, value=defaults.max_new_tokens, step=1,
-                                       label="Max new tokens")
-            seed = gr.Number(value=None, precision=0, label="Seed", info="empty = random")
-    return SettingsPanel(temperature, top_k, top_p, repetition_penalty, max_new_tokens, seed)
+        for row in (("temperature", "top_k", "top_p"), ("repetition_penalty", "max_new_tokens", "seed")):
+            with gr.Row():
+                for name in row:
+                    limit = GENERATION_LIMITS[name]
+                    if name == "seed":
+                        controls[name] = gr.Number(value=None, precision=0, minimum=limit.minimum,
+                                                   maximum=limit.maximum, label=limit.label, info=INFO[name])
+                    else:
+                        controls[name] = gr.Slider(limit.minimum, limit.maximum, value=getattr(defaults, name),
+                                                   step=limit.step, label=limit.label, info=INFO.get(name))
+    return SettingsPanel(**controls)
 
 
-def settings_from_values(temperature: float, top_k: float, top_p: float, repetition_penalty: float,
-                         max_new_tokens: float, seed: float | None) -> GenerationSettings:
+def settings_from_values(temperature: Any, top_k: Any, top_p: Any, repetition_penalty: Any,
+                         max_new_tokens: Any, seed: Any) -> GenerationSettings:
     """Build validated settings from raw widget or API values (API callers can send anything)."""
-    from tasks import InvalidInput
-
     try:
         settings = GenerationSettings(
-            temperature=float(temperature), top_k=int(top_k), top_p=float(top_p),
-            repetition_penalty=float(repetition_penalty), max_new_tokens=int(max_new_tokens),
-            seed=None if seed in (None, "") else int(seed),
+            temperature=float(temperature), top_k=_whole(top_k), top_p=float(top_p),
+            repetition_penalty=float(repetition_penalty), max_new_tokens=_whole(max_new_tokens),
+            seed=None if seed in (None, "") else _whole(seed),
         )
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: int(inf)
         raise InvalidInput("Generation settings must be numbers.") from None
     return settings.validated()
+
+
+def _whole(value: Any) -> int | float:
+    """An integral number as int; a fractional one stays a float so validation names it."""
+    number = float(value) if isinstance(value, str) else value
+    return int(number) if float(number).is_integer() else float(number)

@@ -66,7 +66,7 @@ class AdapterCard:
     recipe: dict[str, Any] = field(default_factory=dict)
     """The trainer config (flags / recipe YAML values) that produced the adapter."""
     evaluation_table: str | None = None
-    """Markdown table of the before/after evaluation (see `trainers.evaluation.compare_table`)."""
+    """Markdown table of the before/after evaluation (see `trainers.eval_report.compare_table`)."""
     metrics_before: dict[str, float] | None = None
     """Base model's evaluation metrics."""
     metrics_after: dict[str, float] | None = None

@@ -6,22 +6,30 @@ module reads the variables that configure it and uploads that layout.
 | variable | meaning | default |
 |---|---|---|
 | `FLYWHEEL_MODEL` | base model: Hub id, folder or `bundled` | `bundled`; on a Space SmolLM2's Hub id |
-| `FLYWHEEL_ADAPTERS` | `slug=repo` pairs, comma separated: the tabs' adapters | none (base model) |
+| `FLYWHEEL_ADAPTERS` | `slug=repo[@rev]` pairs, comma separated: the tabs' adapters (`@rev` pins) | none (base model) |
 | `FLYWHEEL_FEEDBACK_REPO` | Hub dataset repo receiving feedback | none (stays local) |
 | `FLYWHEEL_FEEDBACK_MINUTES` | minutes between feedback commits | 5 |
 | `FLYWHEEL_POLL_SECONDS` | seconds between checks for new adapter revisions (0: never) | 60 |
 | `FLYWHEEL_ARENA` | the arena's two sides, `A,B`: adapter keys or `base` | `base,arena` |
+| `FLYWHEEL_HUB_TIMEOUT` | seconds an adapter repo may take to answer one request | 10 |
+| `FLYWHEEL_ADAPTER_MAX_MB` | largest adapter download accepted, in MiB | 512 |
+| `FLYWHEEL_REQUIRE_LOGIN` | `true`: feedback only from people signed in with Hugging Face | `false` |
+| `FLYWHEEL_LIMITS` | quotas: `name=N/WINDOW` pairs, see `demos.quotas` | the app's defaults |
+| `FLYWHEEL_QUEUE_SIZE` | requests waiting in the queue at most | 64 |
+| `FLYWHEEL_PROXY_HOPS` | proxies in front of the app appending to `X-Forwarded-For` | 1 on a Space, else 0 |
 
 `HF_TOKEN` is a Space *secret* that you set yourself (Space settings -> Variables and
-secrets); deploy never uploads a token.
+secrets); deploy never uploads a token. So is `FLYWHEEL_SECRET`, the key that signs outputs
+so feedback can only judge real ones (without it a key is created per home, and a restart
+without persistent storage makes outputs served before it unratable).
 
 Example:
     >>> config = SpaceConfig.from_env({"FLYWHEEL_ADAPTERS": "tweet=me/flywheel-tweet-sft",
     ...                                "FLYWHEEL_POLL_SECONDS": "30"})
     >>> config.adapters, config.poll_seconds, config.arena
-    ({'tweet': 'me/flywheel-tweet-sft'}, 30.0, (None, 'arena'))
-    >>> SpaceConfig(adapters={"tweet": "me/a", "arena": "me/b"}).to_variables()["FLYWHEEL_ADAPTERS"]
-    'tweet=me/a,arena=me/b'
+    ({'tweet': AdapterSpec(ref='me/flywheel-tweet-sft', revision=None)}, 30.0, (None, 'arena'))
+    >>> SpaceConfig(adapters={"tweet": "me/a@v1", "arena": "me/b"}).to_variables()["FLYWHEEL_ADAPTERS"]
+    'tweet=me/a@v1,arena=me/b'
 """
 
 from __future__ import annotations
@@ -37,20 +45,31 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hub.errors import FlywheelError, first_line
-from hub.repos import BUNDLED, BUNDLED_HUB_ID
-from tasks import SLUGS
+from hub.repos import BUNDLED, BUNDLED_HUB_ID, DEFAULT_LIMITS, MIB, AdapterSpec, HubLimits, parse_adapter_specs
 
 MODEL, ADAPTERS, FEEDBACK_REPO = "FLYWHEEL_MODEL", "FLYWHEEL_ADAPTERS", "FLYWHEEL_FEEDBACK_REPO"
 FEEDBACK_MINUTES, POLL_SECONDS, ARENA = "FLYWHEEL_FEEDBACK_MINUTES", "FLYWHEEL_POLL_SECONDS", "FLYWHEEL_ARENA"
-VARIABLES = (MODEL, ADAPTERS, FEEDBACK_REPO, FEEDBACK_MINUTES, POLL_SECONDS, ARENA)
+HUB_TIMEOUT, ADAPTER_MAX_MB = "FLYWHEEL_HUB_TIMEOUT", "FLYWHEEL_ADAPTER_MAX_MB"
+REQUIRE_LOGIN, LIMITS = "FLYWHEEL_REQUIRE_LOGIN", "FLYWHEEL_LIMITS"
+QUEUE_SIZE, PROXY_HOPS = "FLYWHEEL_QUEUE_SIZE", "FLYWHEEL_PROXY_HOPS"
+VARIABLES = (MODEL, ADAPTERS, FEEDBACK_REPO, FEEDBACK_MINUTES, POLL_SECONDS, ARENA, HUB_TIMEOUT, ADAPTER_MAX_MB,
+             REQUIRE_LOGIN, LIMITS, QUEUE_SIZE, PROXY_HOPS)
 DESCRIPTIONS = {
     MODEL: "Base model (Hub id)",
-    ADAPTERS: "slug=adapter repo pairs, comma separated; polled for new revisions",
+    ADAPTERS: "slug=adapter repo pairs, comma separated; polled for new revisions unless pinned (repo@rev)",
     FEEDBACK_REPO: "Hub dataset repo receiving feedback (needs the HF_TOKEN secret)",
     FEEDBACK_MINUTES: "Minutes between feedback commits",
     POLL_SECONDS: "Seconds between checks for new adapter revisions (0 = never)",
     ARENA: "Arena sides A,B: adapter keys or 'base'",
+    HUB_TIMEOUT: "Seconds an adapter repo may take to answer one request",
+    ADAPTER_MAX_MB: "Largest adapter download accepted, in MiB",
+    REQUIRE_LOGIN: "true: feedback only from people signed in with Hugging Face",
+    LIMITS: "Quotas: name=N/WINDOW pairs (generation, generation-per-ip, feedback, feedback-per-ip)",
+    QUEUE_SIZE: "Requests waiting in the queue at most",
+    PROXY_HOPS: "Proxies in front of the app appending to X-Forwarded-For",
 }
+SECRET_NOTE = ("Secret FLYWHEEL_SECRET: set it (32+ random characters) so the key that signs outputs for "
+               "feedback survives restarts; without it a key is made per FLYWHEEL_HOME.")
 PACKAGES = ("tasks", "hub", "serving", "demos")
 """Our packages a Space needs beside app.py (trainers and tests stay behind)."""
 SPACE_FILES = ("app.py", "README.md", "requirements.txt")
@@ -64,11 +83,23 @@ class SpaceConfig:
     """How a Space (or `python spaces/app.py`) is configured; see the module docstring."""
 
     model: str = BUNDLED
-    adapters: dict[str, str] = field(default_factory=dict)
+    adapters: dict[str, AdapterSpec] = field(default_factory=dict)
+    """Adapter key -> spec; text (`user/repo@rev`) is accepted and parsed."""
     feedback_repo: str | None = None
     feedback_minutes: float = 5.0
     poll_seconds: float = 60.0
     arena: tuple[str | None, str | None] = (None, "arena")
+    hub_limits: HubLimits = DEFAULT_LIMITS
+    """Timeout and size limits of the adapter watcher's Hub calls."""
+    require_login: bool = False
+    limits: str = ""
+    """Quota overrides, `name=N/WINDOW` pairs; the app checks them (`demos.quotas.Limits.parse`)."""
+    queue_size: int = 64
+    proxy_hops: int | None = None
+    """None: 1 on a Space (its proxy appends the client's address), else 0."""
+
+    def __post_init__(self) -> None:
+        self.adapters = {key: AdapterSpec.of(spec) for key, spec in self.adapters.items()}
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> SpaceConfig:
@@ -77,22 +108,41 @@ class SpaceConfig:
         default_model = BUNDLED_HUB_ID if env.get("SPACE_ID") else BUNDLED
         arena = parse_arena(env.get(ARENA) or "base,arena")
         config = cls(model=env.get(MODEL) or default_model,
-                     adapters=parse_adapters(env.get(ADAPTERS) or "", arena=arena),
+                     adapters=parse_adapter_specs(env.get(ADAPTERS) or "", arena_sides=arena),
                      feedback_repo=env.get(FEEDBACK_REPO) or None,
                      feedback_minutes=_number(env, FEEDBACK_MINUTES, 5.0, minimum=0.01),
-                     poll_seconds=_number(env, POLL_SECONDS, 60.0, minimum=0.0), arena=arena)
+                     poll_seconds=_number(env, POLL_SECONDS, 60.0, minimum=0.0), arena=arena,
+                     hub_limits=HubLimits(
+                         timeout=_number(env, HUB_TIMEOUT, DEFAULT_LIMITS.timeout, minimum=0.1),
+                         max_bytes=round(_number(env, ADAPTER_MAX_MB, DEFAULT_LIMITS.max_bytes / MIB,
+                                                 minimum=0.01) * MIB)))
+        config.require_login = _flag(env, REQUIRE_LOGIN)
+        config.limits = env.get(LIMITS) or ""
+        config.queue_size = int(_number(env, QUEUE_SIZE, 64, minimum=1))
+        config.proxy_hops = int(_number(env, PROXY_HOPS, 0, minimum=0)) if env.get(PROXY_HOPS) else None
         return config
 
     def to_variables(self) -> dict[str, str]:
         """The Space variables that reproduce this configuration (unset ones are left out)."""
         variables = {MODEL: BUNDLED_HUB_ID if self.model in (BUNDLED, "default", "") else self.model}
         if self.adapters:
-            variables[ADAPTERS] = ",".join(f"{key}={ref}" for key, ref in self.adapters.items())
+            variables[ADAPTERS] = ",".join(f"{key}={spec}" for key, spec in self.adapters.items())
         if self.feedback_repo:
             variables[FEEDBACK_REPO] = self.feedback_repo
         variables[FEEDBACK_MINUTES] = _plain(self.feedback_minutes)
         variables[POLL_SECONDS] = _plain(self.poll_seconds)
         variables[ARENA] = ",".join(side or "base" for side in self.arena)
+        if self.hub_limits.timeout != DEFAULT_LIMITS.timeout:
+            variables[HUB_TIMEOUT] = _plain(self.hub_limits.timeout)
+        if self.hub_limits.max_bytes != DEFAULT_LIMITS.max_bytes:
+            variables[ADAPTER_MAX_MB] = _plain(self.hub_limits.max_bytes / MIB)
+        if self.require_login:
+            variables[REQUIRE_LOGIN] = "true"
+        if self.limits:
+            variables[LIMITS] = self.limits
+        variables[QUEUE_SIZE] = str(self.queue_size)
+        if self.proxy_hops is not None:
+            variables[PROXY_HOPS] = str(self.proxy_hops)
         return variables
 
 
@@ -103,26 +153,6 @@ def parse_arena(text: str) -> tuple[str | None, str | None]:
         raise FlywheelError(f"{ARENA} must be two adapter keys or 'base' separated by a comma, got {text!r}.")
     a, b = (None if side == "base" else side for side in sides)
     return a, b
-
-
-def parse_adapters(text: str | list[str], *, arena: tuple[str | None, str | None] = (None, "arena"),
-                   ) -> dict[str, str]:
-    """Parse `slug=repo` pairs (comma, space or newline separated, or a list of pairs).
-
-    Keys are task slugs, or names used as an arena side (to compare two adapters there).
-    """
-    pairs = text if isinstance(text, list) else re.split(r"[,\s]+", text.strip())
-    adapters: dict[str, str] = {}
-    for pair in filter(None, pairs):
-        key, sep, ref = pair.partition("=")
-        key, ref = key.strip(), ref.strip()
-        if not sep or not key or not ref:
-            raise FlywheelError(f"Adapters are given as SLUG=REPO, got {pair!r}.")
-        if key not in SLUGS and key not in arena:
-            raise FlywheelError(f"Adapter key {key!r} is neither a task ({', '.join(SLUGS)}) "
-                                f"nor an arena side ({ARENA}).")
-        adapters[key] = ref
-    return adapters
 
 
 # -- deploy -------------------------------------------------------------------------------------
@@ -144,7 +174,7 @@ class DeployPlan:
         lines += [f"  {path}  ({file.stat().st_size:,} bytes)" for path, file in sorted(self.files.items())]
         lines.append("Space variables:")
         lines += [f"  {key}={value}" for key, value in self.variables.items()]
-        lines.append(TOKEN_NOTE)
+        lines += [TOKEN_NOTE, SECRET_NOTE]
         return "\n".join(lines)
 
 
@@ -170,8 +200,8 @@ def plan_deploy(repo: str, config: SpaceConfig, *, private: bool = False,
         'HuggingFaceTB/SmolLM2-135M-Instruct'
     """
     _check_hub_id(repo, "--repo")
-    for key, ref in config.adapters.items():
-        _check_hub_id(ref, f"adapter {key}")
+    for key, spec in config.adapters.items():
+        _check_hub_id(spec.ref, f"adapter {key}")
     if config.feedback_repo:
         _check_hub_id(config.feedback_repo, "--feedback-repo")
     if Path(config.model).expanduser().exists() or config.model.startswith((".", "/", "~")):
@@ -220,13 +250,16 @@ def deploy(plan: DeployPlan, *, token: str | None = None) -> str:
             info = api.upload_folder(repo_id=plan.repo, repo_type="space", folder_path=staging,
                                      commit_message="Flywheel: deploy the Space",
                                      delete_patterns=[f"{package}/**" for package in PACKAGES])
-        has_secret = "HF_TOKEN" in api.get_space_secrets(plan.repo)
+        secrets = api.get_space_secrets(plan.repo)
+        has_secret = "HF_TOKEN" in secrets
     except (HfHubHTTPError, OSError, ValueError) as error:
         text = first_line(error)
         text = text.replace(token, "***")
         raise FlywheelError(f"Deploying the Space {plan.repo} failed: {text}") from error
     if not has_secret and (plan.variables.get(FEEDBACK_REPO) or plan.variables.get(ADAPTERS)):
         print(f"note: {TOKEN_NOTE}", file=sys.stderr)
+    if "FLYWHEEL_SECRET" not in secrets:
+        print(f"note: {SECRET_NOTE}", file=sys.stderr)
     return info.commit_url
 
 
@@ -255,6 +288,13 @@ def _number(env: Mapping[str, str], key: str, default: float, *, minimum: float)
     return value
 
 
+def _flag(env: Mapping[str, str], key: str) -> bool:
+    raw = (env.get(key) or "false").strip().lower()
+    if raw not in ("true", "false", "1", "0", "yes", "no"):
+        raise FlywheelError(f"{key} must be true or false, got {raw!r}.")
+    return raw in ("true", "1", "yes")
+
+
 def _plain(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else str(value)
 
@@ -273,8 +313,9 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser.add_argument("--repo", required=True, metavar="USER/SPACE", help="The Space repo id.")
     parser.add_argument("--feedback-repo", metavar="USER/DATASET",
                         help="Hub dataset repo receiving feedback (sets FLYWHEEL_FEEDBACK_REPO).")
-    parser.add_argument("--adapter", action="append", default=[], metavar="SLUG=REPO",
-                        help="A tab's adapter repo, polled for new revisions. Repeatable.")
+    parser.add_argument("--adapter", action="append", default=[], metavar="SLUG=REPO[@REV]",
+                        help="A tab's adapter repo, polled for new revisions; REPO@REV pins one revision "
+                             "(commit, tag or branch). Repeatable.")
     parser.add_argument("--model", default=BUNDLED,
                         help=f"Base model Hub id (default: {BUNDLED_HUB_ID}, the bundled model's Hub twin).")
     parser.add_argument("--poll-seconds", type=float, default=60.0,
@@ -283,6 +324,11 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
                         help="Minutes between feedback commits (default 5).")
     parser.add_argument("--arena", default="base,arena", metavar="A,B",
                         help="Arena sides: adapter keys or `base` (default base,arena).")
+    parser.add_argument("--require-login", action="store_true",
+                        help="Accept feedback only from people signed in with Hugging Face.")
+    parser.add_argument("--limit", action="append", default=[], metavar="NAME=N/WINDOW",
+                        help="A quota (generation, generation-per-ip, feedback, feedback-per-ip), e.g. "
+                             "generation=60/hour or feedback-per-ip=off. Repeatable.")
     parser.add_argument("--private", action="store_true", help="Create the Space as private.")
     parser.add_argument("--dry-run", action="store_true",
                         help="List the files and variables, upload nothing.")
@@ -295,9 +341,10 @@ def run_deploy(args: argparse.Namespace) -> int:
     if args.poll_seconds < 0 or args.feedback_minutes <= 0:
         raise FlywheelError("--poll-seconds must be >= 0 and --feedback-minutes > 0.")
     arena = parse_arena(args.arena)
-    config = SpaceConfig(model=args.model, adapters=parse_adapters(list(args.adapter), arena=arena),
+    config = SpaceConfig(model=args.model, adapters=parse_adapter_specs(args.adapter, arena_sides=arena),
                          feedback_repo=args.feedback_repo, feedback_minutes=args.feedback_minutes,
-                         poll_seconds=args.poll_seconds, arena=arena)
+                         poll_seconds=args.poll_seconds, arena=arena, require_login=args.require_login,
+                         limits=",".join(args.limit))
     plan = plan_deploy(args.repo, config, private=args.private)
     if args.dry_run:
         print("Dry run: nothing uploaded.\n" + plan.describe())
@@ -306,14 +353,3 @@ def run_deploy(args: argparse.Namespace) -> int:
     print(f"Deployed {len(plan.files)} files to Space {plan.repo}: {url}")
     print("Variables: " + ", ".join(f"{k}={v}" for k, v in plan.variables.items()))
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m hub.space deploy ...`, the same as `python -m hub space deploy ...`."""
-    from hub.cli import main as hub_main
-
-    return hub_main(["space", *(sys.argv[1:] if argv is None else argv)])
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

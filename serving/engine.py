@@ -2,7 +2,9 @@
 
 Per-task LoRA adapters are loaded once into the same PEFT model and switched per request.
 A newer revision of an adapter is loaded beside the old one and swapped in atomically;
-the old one is unloaded once no request still uses it.
+the old one is unloaded once no request still uses it. An adapter is checked from its files
+first (`serving.adapters`) and must give a short finite test answer; a refused one leaves the
+base model and every loaded adapter exactly as they were (`serving.injection`).
 """
 
 from __future__ import annotations
@@ -11,14 +13,16 @@ import itertools
 import logging
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from hub.errors import FlywheelError
-from hub.repos import resolve_adapter
+from hub.repos import DEFAULT_LIMITS, HubLimits, resolve_adapter
 from serving.adapters import validate_adapter
+from serving.injection import add_adapter, remove_adapter
 from serving.models import LoadedModel
-from tasks import InvalidInput, Task
+from tasks import TASKS, Task
+from tasks.generation import check_generation_settings
 
 logger = logging.getLogger(__name__)
 
@@ -41,16 +45,8 @@ class GenerationSettings:
     """Fixes sampling for reproducible answers; None draws a fresh one."""
 
     def validated(self) -> GenerationSettings:
-        checks = [
-            (0 <= self.temperature <= 2, "Temperature must be between 0 and 2."),
-            (0 <= self.top_k <= 1000, "Top-k must be between 0 and 1000."),
-            (0 < self.top_p <= 1, "Top-p must be in (0, 1]."),
-            (0.5 <= self.repetition_penalty <= 2.5, "Repetition penalty must be between 0.5 and 2.5."),
-            (1 <= self.max_new_tokens <= 1024, "Max new tokens must be between 1 and 1024."),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise InvalidInput(message)
+        """Self, or `InvalidInput` naming the first setting outside `tasks.generation.GENERATION_LIMITS`."""
+        check_generation_settings(asdict(self))
         return self
 
     def generate_kwargs(self) -> dict[str, Any]:
@@ -83,6 +79,8 @@ class AdapterInfo:
 
 
 BASE_LABEL = "base model"
+TEST_ANSWER_TOKENS = 4
+"""Length of the greedy answer a new adapter must give (with finite scores) before it serves."""
 
 
 class Engine:
@@ -119,30 +117,31 @@ class Engine:
         with self._state_lock:
             return dict(self._adapters)
 
-    def load_adapter(self, key: str, ref: str, *, revision: str | None = None) -> AdapterInfo:
+    def load_adapter(self, key: str, ref: str, *, revision: str | None = None,
+                     limits: HubLimits = DEFAULT_LIMITS) -> AdapterInfo:
         """Load (or reload at a newer revision) the adapter served under `key`.
 
-        The swap is atomic: requests that already started keep the old adapter.
-        Raises FlywheelError for missing, pickled or incompatible adapters; the old one stays.
-        """
-        from peft import PeftModel
+        Nothing in the model changes until the files pass `validate_adapter` (config, targets, rank,
+        shapes, finite values). The adapter is then loaded under a new PEFT name and must give a short
+        greedy test answer with finite scores before any request sees it; the swap is atomic and
+        requests that already started keep the old adapter. On any failure the new name is removed
+        again and the base model and every loaded adapter are exactly as they were.
 
-        path, resolved_revision = resolve_adapter(ref, revision=revision)
+        Raises:
+            FlywheelError: the adapter cannot be fetched or was refused (the old one keeps serving).
+        """
+        path, resolved_revision = resolve_adapter(ref, revision=revision, limits=limits)
         current = self.adapters().get(key)
         if current is not None and current.revision == resolved_revision:
             return current
-        validate_adapter(path, base_id=self.loaded.base_id, model=self.loaded.model)
         info = AdapterInfo(key=key, ref=ref, revision=resolved_revision,
                            peft_name=f"{_safe(key)}_{next(self._names)}")
         with self._load_lock, self._generate_lock:
+            validate_adapter(path, base_id=self.loaded.base_id, model=self._model)
             try:
-                if isinstance(self._model, PeftModel):
-                    self._model.load_adapter(str(path), adapter_name=info.peft_name)
-                else:
-                    self._model = PeftModel.from_pretrained(
-                        self._model, str(path), adapter_name=info.peft_name)
-                self._model.eval()
-            except Exception as error:  # noqa: BLE001 - any loading failure keeps the old adapter
+                self._model = add_adapter(self._model, path, info.peft_name,
+                                          check=lambda model: self._test_answer(model, info))
+            except FlywheelError as error:
                 raise FlywheelError(f"Adapter {ref} could not be loaded: {error}") from error
             with self._state_lock:
                 old = self._adapters.get(key)
@@ -153,6 +152,19 @@ class Engine:
                 self._unload(old)
         logger.info("Serving adapter %s for %s", info.label, key)
         return info
+
+    def _test_answer(self, model: Any, info: AdapterInfo) -> None:
+        """A few greedy tokens with the new adapter on its task's first example: every score must be finite."""
+        import torch
+
+        task = TASKS.get(info.key, TASKS["arena"])
+        model.set_adapter(info.peft_name)
+        with torch.inference_mode():
+            output = model.generate(**self.encode(task, task.examples[0]), do_sample=False,
+                                    max_new_tokens=TEST_ANSWER_TOKENS, output_logits=True,
+                                    return_dict_in_generate=True, pad_token_id=self.tokenizer.pad_token_id)
+        if not all(bool(torch.isfinite(step).all()) for step in output.logits):
+            raise FlywheelError("its test answer scores are not finite numbers (NaN or infinity)")
 
     def stream(self, task: Task, inputs: dict[str, str], settings: GenerationSettings,
                *, adapter: str | None = None,
@@ -195,10 +207,7 @@ class Engine:
                 self._unload(info)
 
     def _unload(self, info: AdapterInfo) -> None:
-        try:
-            self._model.delete_adapter(info.peft_name)
-        except (ValueError, KeyError, AttributeError):
-            logger.warning("Adapter %s was already gone", info.peft_name)
+        remove_adapter(self._model, info.peft_name)
 
     def encode(self, task: Task, inputs: dict[str, str]) -> dict[str, Any]:
         """Tokenize a task's prompt the way this model expects (chat template or plain text)."""
@@ -219,13 +228,19 @@ class Engine:
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=not self.loaded.is_seq2seq,
                                         skip_special_tokens=True, timeout=600)
         failure: list[BaseException] = []
+        # Set when this generator is closed early (Gradio closes it when the client goes away):
+        # generation then stops at the next token instead of holding the lock to the end.
+        stop = threading.Event()
 
         def run() -> None:
             with self._generate_lock, torch.inference_mode():
+                if stop.is_set():  # the client left while waiting for the lock
+                    streamer.end()
+                    return
                 try:
                     if settings.seed is not None:
                         torch.manual_seed(settings.seed)
-                    self._generate(info, encoded, streamer, settings)
+                    self._generate(info, encoded, streamer, settings, stop=stop)
                 except BaseException as error:  # noqa: BLE001 - surfaced to the caller below
                     failure.append(error)
                     streamer.end()
@@ -233,17 +248,20 @@ class Engine:
         thread = threading.Thread(target=run, daemon=True)
         thread.start()
         text = ""
-        for piece in streamer:
-            text += piece
-            yield text
+        try:
+            for piece in streamer:
+                text += piece
+                yield text
+        finally:
+            stop.set()
         thread.join()
         if failure:
             raise FlywheelError(f"Generation failed: {failure[0]}") from failure[0]
 
     def _generate(self, info: AdapterInfo | None, encoded: dict[str, Any], streamer: Any,
-                  settings: GenerationSettings) -> None:
+                  settings: GenerationSettings, *, stop: threading.Event) -> None:
         kwargs = dict(**encoded, streamer=streamer, pad_token_id=self.tokenizer.pad_token_id,
-                      **settings.generate_kwargs())
+                      stopping_criteria=_stop_when(stop), **settings.generate_kwargs())
         model = self._model
         if info is not None:
             if model.active_adapter != info.peft_name:  # set_adapter walks every module (~30 ms)
@@ -254,6 +272,18 @@ class Engine:
                 model.generate(**kwargs)
         else:
             model.generate(**kwargs)
+
+
+def _stop_when(event: threading.Event) -> Any:
+    """Stopping criteria that end `generate` at the next token once `event` is set."""
+    import torch
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    class StopWhenSet(StoppingCriteria):
+        def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+            return torch.full((input_ids.shape[0],), event.is_set(), dtype=torch.bool, device=input_ids.device)
+
+    return StoppingCriteriaList([StopWhenSet()])
 
 
 def _safe(key: str) -> str:

@@ -3,10 +3,14 @@
 The Space runs this file as `app.py` at its repo root, beside the `tasks/`, `hub/` and `demos/`
 packages that `python -m hub space deploy` uploads. It is configured by Space variables
 (`FLYWHEEL_MODEL`, `FLYWHEEL_ADAPTERS`, `FLYWHEEL_FEEDBACK_REPO`, `FLYWHEEL_POLL_SECONDS`, ...;
-see `hub.space`) and the `HF_TOKEN` secret.
+see `hub.space`) and the `HF_TOKEN` and `FLYWHEEL_SECRET` secrets (the latter signs every
+output, so feedback can only judge outputs this Space served).
 
 One base model is loaded once; each task's LoRA adapter is loaded from its repo into the
-same PEFT model and chosen per request. A background `AdapterWatcher` polls the repos and
+same PEFT model and chosen per request. Feedback is kept under `FLYWHEEL_HOME` (on a Space
+with persistent storage, `/data/flywheel`; see `hub.paths.choose_home`) and pushed to
+`FLYWHEEL_FEEDBACK_REPO`, also on SIGTERM; the status panel shows the sync's health and warns
+when the Space has no persistent storage. A background `AdapterWatcher` polls the repos and
 swaps in new revisions without a restart; every answer's "Served by" names the adapter
 and revision that produced it.
 
@@ -26,6 +30,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,14 +41,17 @@ if importlib.util.find_spec("demos") is None:  # a checkout that was not `pip in
 
 import gradio as gr  # noqa: E402
 
-from demos.app import build_app  # noqa: E402
+from demos.app import MAX_FILE_SIZE, build_app, login_problem, stop_on_sigterm  # noqa: E402
 from demos.handlers import ArenaSides  # noqa: E402
+from demos.quotas import Access, Limits  # noqa: E402
 from hub.errors import FlywheelError  # noqa: E402
 from hub.feedback.callback import FeedbackCallback  # noqa: E402
+from hub.paths import choose_home  # noqa: E402
 from hub.space import SpaceConfig  # noqa: E402
 from serving.engine import Engine  # noqa: E402
 from serving.models import load_model  # noqa: E402
 from serving.watcher import AdapterWatcher  # noqa: E402
+from tasks import InvalidInput  # noqa: E402
 
 logger = logging.getLogger("flywheel.space")
 
@@ -68,6 +76,7 @@ class SpaceApp:
         if self.watcher is not None and self.config.poll_seconds:
             self.watcher.start()
         kwargs.setdefault("show_error", True)
+        kwargs.setdefault("max_file_size", MAX_FILE_SIZE)
         return self.blocks.launch(**kwargs)
 
     def close(self) -> None:
@@ -81,36 +90,65 @@ class SpaceApp:
 def create_app(config: SpaceConfig | None = None, *, concurrency_limit: int = 4) -> SpaceApp:
     """Load the base model and current adapters, and build the suite (the watcher starts at launch).
 
-    Adapters that cannot be loaded now (repo missing, Hub down, broken files) are logged and
-    their tab serves the base model until a valid revision appears.
+    Adapters that cannot be loaded now (repo missing, Hub down or hanging, broken files) are
+    logged and their tab serves the base model until a valid revision appears; every Hub call
+    is bounded by `config.hub_limits`, so a hanging Hub cannot stop the app from starting.
     """
     config = config or SpaceConfig.from_env()
+    access = space_access(config)
     engine = Engine(load_model(config.model))
     watcher = None
     if config.adapters:
         # With FLYWHEEL_POLL_SECONDS=0 this one check loads the adapters and `launch` starts no thread.
-        watcher = AdapterWatcher(engine, config.adapters, interval=config.poll_seconds or 3600.0)
+        watcher = AdapterWatcher(engine, config.adapters, interval=config.poll_seconds or 3600.0,
+                                 limits=config.hub_limits)
         for key, outcome in watcher.check_now().items():
             logger.info("Adapter %s: %s", key, outcome)
     feedback = FeedbackCallback(repo_id=config.feedback_repo, every=config.feedback_minutes)
+    feedback.setup()  # starts the Hub sync now, so rows a previous run left unpushed go up at once
     a, b = config.arena
     blocks = build_app(engine, feedback=feedback, arena=ArenaSides(a=a, b=b), header=HEADER,
-                       concurrency_limit=concurrency_limit, title="Flywheel")
-    _add_status_panel(blocks, engine, watcher, config)
+                       concurrency_limit=concurrency_limit, title="Flywheel", access=access)
+    _add_status_panel(blocks, engine, watcher, config, feedback)
     return SpaceApp(blocks=blocks, engine=engine, watcher=watcher, feedback=feedback, config=config)
 
 
+def space_access(config: SpaceConfig) -> Access:
+    """Quotas, sign-in, proxies and queue length from the Space variables.
+
+    "Sign in with Hugging Face" shows whenever the Space has OAuth (`hf_oauth: true` in its
+    README); `FLYWHEEL_REQUIRE_LOGIN` then makes it necessary for feedback.
+    """
+    try:
+        limits = Limits.parse(config.limits)
+    except InvalidInput as error:
+        raise FlywheelError(f"FLYWHEEL_LIMITS: {error}") from None
+    problem = login_problem() if config.require_login else None
+    if problem:
+        raise FlywheelError(f"FLYWHEEL_REQUIRE_LOGIN: {problem}")
+    on_space = bool(os.environ.get("SPACE_ID"))
+    return Access(limits=limits, login=bool(os.environ.get("OAUTH_CLIENT_ID")), require_login=config.require_login,
+                  proxy_hops=config.proxy_hops if config.proxy_hops is not None else int(on_space),
+                  queue_size=config.queue_size)
+
+
 def _add_status_panel(blocks: gr.Blocks, engine: Engine, watcher: AdapterWatcher | None,
-                      config: SpaceConfig) -> None:
-    """An accordion showing what each adapter key serves; also the `/adapters` API endpoint."""
+                      config: SpaceConfig, feedback: FeedbackCallback) -> None:
+    """An accordion showing what each adapter key serves and the feedback sync's health (last
+    push, rows waiting, last error); also the `/adapters` API endpoint. It opens with a warning
+    when feedback would not survive a restart (no persistent storage)."""
+    storage_warning = choose_home().warning
 
     def status() -> dict[str, Any]:
         served = {key: info.label for key, info in engine.adapters().items()}
         return {"base": engine.loaded.base_id, "serving": served,
                 "watching": watcher.status() if watcher is not None else {},
-                "poll_seconds": config.poll_seconds}
+                "poll_seconds": config.poll_seconds, "feedback": feedback.health(),
+                "storage_warning": storage_warning}
 
-    with blocks, gr.Accordion("Adapters being served", open=False):
+    with blocks, gr.Accordion("Status: adapters and feedback sync", open=storage_warning is not None):
+        if storage_warning is not None:
+            gr.Markdown(f"**Warning:** {storage_warning}", elem_id="storage-warning")
         panel = gr.JSON(label="Adapters", elem_id="adapters-status")
         refresh = gr.Button("Refresh", size="sm", elem_id="adapters-refresh")
         refresh.click(status, None, panel, api_name="adapters")
@@ -127,7 +165,11 @@ def main() -> int:
     except FlywheelError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    space.launch()
+    stop_on_sigterm()
+    try:
+        space.launch()
+    finally:
+        space.close()  # on SIGTERM too: the last feedback push
     return 0
 
 

@@ -23,7 +23,6 @@ from tasks.base import InvalidInput, first_line
 
 logger = logging.getLogger(__name__)
 
-DETOXIFY_URL = "https://github.com/unitaryai/detoxify/releases/download/"
 DETOXIFY_CHECKPOINTS = {
     "original": "v0.1-alpha/toxic_original-c1212f89.ckpt",
     "unbiased": "v0.3-alpha/toxic_debiased-c7548aa0.ckpt",

@@ -7,12 +7,15 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 CONFIG, WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
 
 
-def make_adapter(base: Path, out: Path, *, seed: int = 0, r: int = 4) -> Path:
+def make_adapter(base: Path, out: Path, *, seed: int = 0, r: int = 4,
+                 targets: Sequence[str] | str = ("q_proj", "v_proj"), **lora_options: Any) -> Path:
     """Save a LoRA adapter with random (non-zero) weights for the model in `base`; return `out`.
 
     Different seeds give adapters whose answers differ from each other and from the base model.
@@ -23,8 +26,8 @@ def make_adapter(base: Path, out: Path, *, seed: int = 0, r: int = 4) -> Path:
 
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_pretrained(base)
-    config = LoraConfig(r=r, lora_alpha=2 * r, target_modules=["q_proj", "v_proj"], init_lora_weights=False,
-                        task_type="CAUSAL_LM")
+    config = LoraConfig(r=r, lora_alpha=2 * r, target_modules=targets if isinstance(targets, str) else list(targets),
+                        init_lora_weights=False, task_type="CAUSAL_LM", **lora_options)
     peft_model = get_peft_model(model, config)
     with torch.no_grad():
         for name, parameter in peft_model.named_parameters():
@@ -71,3 +74,43 @@ def wrong_shapes(files: dict[str, bytes], width: int = 48) -> dict[str, bytes]:
     resized = {name: torch.zeros(t.shape[0], width) if ".lora_A." in name else t
                for name, t in tensors.items()}
     return {**files, WEIGHTS: save(resized)}
+
+
+def _map_tensors(files: dict[str, bytes], change: Callable[[str, Any], Any]) -> dict[str, bytes]:
+    from safetensors.torch import load, save
+
+    return {**files, WEIGHTS: save({name: change(name, t) for name, t in load(files[WEIGHTS]).items()})}
+
+
+def _set_config(files: dict[str, bytes], **values: Any) -> dict[str, bytes]:
+    return {**files, CONFIG: json.dumps({**json.loads(files[CONFIG]), **values}).encode()}
+
+
+def wrong_rank(files: dict[str, bytes]) -> dict[str, bytes]:
+    """A config claiming twice the rank its matrices have (PEFT builds r=2x layers, then fails to fill them)."""
+    return _set_config(files, r=2 * json.loads(files[CONFIG])["r"])
+
+
+def nan_weights(files: dict[str, bytes]) -> dict[str, bytes]:
+    """Every LoRA matrix all NaN: a model that would answer with empty strings."""
+    return _map_tensors(files, lambda _, t: t.new_full(t.shape, float("nan")))
+
+
+def overflowing(files: dict[str, bytes], scale: float = 1e30) -> dict[str, bytes]:
+    """Finite but huge matrices: every file check passes, the model's scores overflow to inf/NaN."""
+    return _map_tensors(files, lambda _, t: t * scale)
+
+
+def unknown_targets(files: dict[str, bytes]) -> dict[str, bytes]:
+    """A config targeting modules the base model does not have."""
+    return _set_config(files, target_modules=["c_attn"])
+
+
+def base_weights_inside(files: dict[str, bytes], shape: tuple[int, int] = (400, 32)) -> dict[str, bytes]:
+    """Also a full copy of a base layer (what `save_embedding_layers` writes): it would overwrite the base."""
+    import torch
+    from safetensors.torch import load, save
+
+    tensors = load(files[WEIGHTS])
+    tensors["base_model.model.model.embed_tokens.base_layer.weight"] = torch.zeros(shape)
+    return {**files, WEIGHTS: save(tensors)}

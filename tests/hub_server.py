@@ -70,14 +70,23 @@ class HubServer:
     """An in-memory Hub on ``127.0.0.1``; ``start()``/``stop()`` or use it as a context manager.
 
     Restarting after ``stop()`` reuses the same port, so ``stop()`` doubles as "connection refused".
+    Error answers quote the request's token, and ``read_only_tokens`` get 403 on writes (see
+    ``tests/hub_server_auth.py``): both exist so that tests of token masking and of sync health can fail.
     """
 
     def __init__(
-        self, *, user: str = "user", token: str = "hf_test_token", require_token: bool = False
+        self,
+        *,
+        user: str = "user",
+        token: str = "hf_test_token",
+        require_token: bool = False,
+        read_only_tokens: tuple[str, ...] = (),
     ) -> None:
         self.user = user
         self.token = token
         self.require_token = require_token
+        self.read_only_tokens = set(read_only_tokens)
+        """Tokens with the ``read`` role: every write with one is refused (403); add more at any time."""
         self.store = Store()
         self.faults = Faults()
         self.requests: list[RequestRecord] = []

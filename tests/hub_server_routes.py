@@ -16,6 +16,14 @@ from http.server import BaseHTTPRequestHandler
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from .hub_server_auth import (
+    INVALID_CREDENTIALS,
+    check_can_write,
+    error_answer,
+    role,
+    unauthenticated,
+    with_token,
+)
 from .hub_server_store import HubError, Repo, git_blob_oid, iso, path_entry, tree_entries
 
 if TYPE_CHECKING:
@@ -55,10 +63,6 @@ RUNTIME = {
     "hardware": {"current": "cpu-basic", "requested": "cpu-basic"},
     "gcTimeout": 172800,
 }
-
-
-def _unauthenticated() -> HubError:
-    return HubError(401, "Invalid credentials in Authorization header")
 
 
 @dataclass
@@ -115,21 +119,15 @@ class HubRequestHandler(BaseHTTPRequestHandler):
                 self.close_connection = True
                 self.connection.shutdown(socket.SHUT_RDWR)
             elif decision.status is not None:
-                self.send_json({"error": "Injected fault"}, decision.status)
+                self.send_json({"error": with_token("Injected fault", self.token)}, decision.status)
             elif self.hub.require_token and self.token is None:
-                self.send_json(
-                    {"error": "Missing token"},
-                    401,
-                    {"X-Error-Message": "Invalid credentials in Authorization header"},
-                )
+                self.send_json({"error": "Missing token"}, 401, {"X-Error-Message": INVALID_CREDENTIALS})
             else:
                 try:
                     self.route(method, split.path)
                 except HubError as err:
-                    headers = {"X-Error-Message": err.message, **err.headers}
-                    if err.code:
-                        headers["X-Error-Code"] = err.code
-                    self.send_json({"error": err.message, **err.body}, err.status, headers)
+                    body, headers = error_answer(err, self.token)
+                    self.send_json(body, err.status, headers)
                 except Exception as exc:  # a bug in this server: make it visible to the client
                     self.send_json({"error": repr(exc)}, 500, {"X-Error-Message": repr(exc)[:200]})
         finally:
@@ -184,9 +182,12 @@ class HubRequestHandler(BaseHTTPRequestHandler):
                 return getattr(self, name)(**args)
         raise HubError(404, f"The test Hub has no endpoint {method} {path}")
 
+    def _can_write(self, target: str) -> None:
+        check_can_write(self.token, self.hub.read_only_tokens, target)
+
     def _repo(self, repo: str, type: str = "model", *, write: bool = False) -> Repo:
-        if write and self.token is None:
-            raise _unauthenticated()
+        if write:
+            self._can_write(f"{type} {repo}")
         found = self.hub.store.get(repo, type)
         if found.private and self.token is None:
             raise HubError(401, "Repository not found", "RepoNotFound")
@@ -194,28 +195,28 @@ class HubRequestHandler(BaseHTTPRequestHandler):
 
     def whoami(self) -> None:
         if self.token is None:
-            raise _unauthenticated()
-        user = self.hub.user
+            raise unauthenticated()
+        user, token_role = self.hub.user, role(self.token, self.hub.read_only_tokens)
         self.send_json(
             {
                 "type": "user",
                 "id": "0" * 24,
                 "name": user,
                 "fullname": user,
+                "avatarUrl": f"/avatars/{user}.svg",
                 "email": f"{user}@example.com",
                 "emailVerified": True,
                 "isPro": False,
                 "orgs": [],
-                "auth": {"type": "access_token", "accessToken": {"displayName": "test", "role": "write"}},
+                "auth": {"type": "access_token", "accessToken": {"displayName": "test", "role": token_role}},
             }
         )
 
     def create_repo(self) -> None:
-        if self.token is None:
-            raise _unauthenticated()
         body = self.json_body()
         repo_id = f"{body.get('organization') or self.hub.user}/{body['name']}"
         repo_type = body.get("type") or "model"
+        self._can_write(f"a new {repo_type} {repo_id}")
         private = body.get("visibility", "public") != "public" or bool(body.get("private"))
         url = f"{self.hub.url}/{URL_PREFIX[repo_type]}{repo_id}"
         try:
@@ -230,12 +231,11 @@ class HubRequestHandler(BaseHTTPRequestHandler):
         self.send_json({"url": url, "name": repo_id, "id": repo_id})
 
     def delete_repo(self) -> None:
-        if self.token is None:
-            raise _unauthenticated()
         body = self.json_body()
-        self.hub.store.delete(
-            f"{body.get('organization') or self.hub.user}/{body['name']}", body.get("type") or "model"
-        )
+        repo_id = f"{body.get('organization') or self.hub.user}/{body['name']}"
+        repo_type = body.get("type") or "model"
+        self._can_write(f"{repo_type} {repo_id}")
+        self.hub.store.delete(repo_id, repo_type)
         self.send_json({})
 
     def validate_yaml(self) -> None:

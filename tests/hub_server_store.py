@@ -10,7 +10,7 @@ import hashlib
 import itertools
 import threading
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 REPO_TYPES = ("model", "dataset", "space")
 
@@ -104,6 +104,7 @@ class Store:
         self.lock = threading.RLock()
         self.repos: dict[tuple[str, str], Repo] = {}
         self._counter = itertools.count()
+        self._last_created = datetime.min.replace(tzinfo=UTC)
 
     def get(self, repo_id: str, repo_type: str) -> Repo:
         """The repo or a ``RepoNotFound`` error."""
@@ -117,7 +118,11 @@ class Store:
         with self.lock:
             if (repo_type, repo_id) in self.repos:
                 raise HubError(409, f"You already created this {repo_type} repo", "RepoExists")
-            repo = Repo(repo_id=repo_id, repo_type=repo_type, private=private, sdk=sdk)
+            # A repo deleted and created again is a new repo: its creation time (what clients can
+            # tell them apart by) must differ even within one millisecond, the Hub's resolution.
+            created_at = max(datetime.now(UTC), self._last_created + timedelta(milliseconds=1))
+            self._last_created = created_at
+            repo = Repo(repo_id=repo_id, repo_type=repo_type, private=private, sdk=sdk, created_at=created_at)
             self.repos[(repo_type, repo_id)] = repo
             self._add_commit(repo, "main", {".gitattributes": GITATTRIBUTES}, "initial commit", "")
             return repo

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 from gradio_client import Client
 
-from demos.app import build_app
+from demos.app import MAX_FILE_SIZE, build_app
+from demos.quotas import Access, Limits
 from serving.engine import Engine
 from serving.models import load_model
 from tasks import SLUGS, TASKS
@@ -23,15 +26,25 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+@contextmanager
+def serving(app: Any) -> Iterator[str]:
+    """Launch `app` on a free local port (uploads capped as in production); yield its URL."""
+    port = free_port()
+    app.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
+               max_file_size=MAX_FILE_SIZE)
+    try:
+        yield f"http://127.0.0.1:{port}/"
+    finally:
+        app.close()
+
+
 @pytest.fixture(scope="module")
 def client(tiny_causal_lm: Path) -> Iterator[Client]:
     app = build_app(Engine(load_model(str(tiny_causal_lm))))
-    port = free_port()
-    app.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
-    try:
-        yield Client(f"http://127.0.0.1:{port}/", verbose=False)
-    finally:
-        app.close()
+    with serving(app) as url:
+        client = Client(url, verbose=False)
+        client.flywheel_app = app
+        yield client
 
 
 def example_args(slug: str) -> list[str]:
@@ -84,7 +97,8 @@ def test_bad_input_is_refused_and_app_keeps_serving(client: Client, bad: str, me
 def test_bad_settings_are_refused(client: Client) -> None:
     with pytest.raises(Exception, match="maximum"):
         client.predict("Advice", 9.0, 50, 0.9, 1.1, 8, 1, api_name="/generate_tweet")
-    with pytest.raises(Exception):  # noqa: B017 - gradio's own message for a non-number
+    # The fixture launches without show_error, so gradio hides why (a non-number for a slider).
+    with pytest.raises(Exception, match="upstream Gradio app has raised an exception"):
         client.predict("Advice", "hot", 50, 0.9, 1.1, 8, 1, api_name="/generate_tweet")
     assert client.predict("Advice", *SETTINGS, api_name="/generate_tweet")[0].strip()
 
@@ -100,3 +114,103 @@ def test_failure_inside_generation_is_reported(client: Client, monkeypatch: pyte
         client.predict("Advice", *SETTINGS, api_name="/generate_tweet")
     monkeypatch.undo()
     assert client.predict("Advice", *SETTINGS, api_name="/generate_tweet")[0].strip()
+
+
+def test_an_oversized_seed_is_refused_by_the_ui_the_api_and_the_engine(client: Client) -> None:
+    from demos.settings import settings_from_values
+    from serving.engine import GenerationSettings
+    from tasks import InvalidInput
+    from tasks.generation import SEED_MAX
+
+    with pytest.raises(Exception, match="maximum value 9223372036854775807"):
+        client.predict("Advice", 0.7, 50, 0.9, 1.1, 8, 10**19, api_name="/generate_tweet")
+    with pytest.raises(InvalidInput, match="Seed must be a whole number from 0 to 9223372036854775807"):
+        settings_from_values(0.7, 50, 0.9, 1.1, 8, 10**19)
+    with pytest.raises(InvalidInput, match="Seed must be"):
+        GenerationSettings(seed=-1).validated()
+    with pytest.raises(InvalidInput, match="Seed must be"):
+        settings_from_values(0.7, 50, 0.9, 1.1, 8, float("inf"))
+    with pytest.raises(InvalidInput, match="must be numbers"):
+        settings_from_values(0.7, 50, 0.9, 1.1, 8, "soon")
+    assert settings_from_values(0.7, 50, 0.9, 1.1, 8, SEED_MAX).seed == SEED_MAX
+    assert client.predict("Advice", 0.7, 50, 0.9, 1.1, 8, SEED_MAX - 2**11, api_name="/generate_tweet")[0]
+
+
+def test_sliders_show_the_limits_the_api_enforces() -> None:
+    import gradio as gr
+
+    from demos.settings import build_settings_panel
+    from serving.engine import GenerationSettings
+    from tasks.generation import GENERATION_LIMITS
+
+    with gr.Blocks():
+        panel = build_settings_panel(GenerationSettings())
+    for name, limit in GENERATION_LIMITS.items():
+        control = getattr(panel, name)
+        assert (control.minimum, control.maximum) == (limit.minimum, limit.maximum), name
+        with pytest.raises(Exception, match=limit.label):
+            GenerationSettings(**{name: limit.maximum * 2 + 1}).validated()
+
+
+@contextmanager
+def forward_counter(engine: Engine) -> Iterator[list[int]]:
+    """Counts the model's forward passes (one per generated token) while the block runs."""
+    calls: list[int] = []
+    handle = engine.model.register_forward_hook(lambda *args: calls.append(1))
+    try:
+        yield calls
+    finally:
+        handle.remove()
+
+
+def wait_for_idle(engine: Engine) -> None:
+    assert engine._generate_lock.acquire(timeout=300), "generation never ended"
+    engine._generate_lock.release()
+
+
+def test_generation_stops_when_its_consumer_goes_away(tiny_causal_lm: Path) -> None:
+    from demos.handlers import Suite
+    from serving.engine import GenerationSettings
+
+    engine = Engine(load_model(str(tiny_causal_lm)))
+    settings = GenerationSettings(temperature=0, repetition_penalty=1.0, max_new_tokens=48)
+    with forward_counter(engine) as calls:
+        assert list(engine.stream(TASKS["tweet"], {"prompt": "Advice"}, settings))
+    assert len(calls) == 48  # without a consumer going away, all 48 tokens are generated
+
+    with forward_counter(engine) as calls:
+        stream = Suite(engine).generate("tweet", ["Advice", 0, 50, 0.9, 1.0, 48, None])
+        next(stream)
+        stream.close()  # what Gradio does when the client disconnects or cancels
+        wait_for_idle(engine)
+    assert len(calls) < 48
+
+
+def test_generation_stops_when_the_client_cancels(client: Client) -> None:
+    import time
+
+    engine = client.flywheel_app.flywheel_suite.engine
+    with forward_counter(engine) as calls:
+        job = client.submit("Advice", 0, 50, 0.9, 1.0, 1024, 1, api_name="/generate_tweet")
+        deadline = time.monotonic() + 300
+        while not job.outputs():
+            assert time.monotonic() < deadline, "no output streamed"
+            time.sleep(0.05)
+        job.cancel()
+        time.sleep(1)  # the cancel request reaches the server
+        wait_for_idle(engine)
+    assert 0 < len(calls) < 1024
+
+
+def test_generation_quotas_per_person_and_per_ip(tiny_causal_lm: Path) -> None:
+    access = Access(limits=Limits.parse("generation=2/hour,generation-per-ip=3/hour"))
+    with serving(build_app(Engine(load_model(str(tiny_causal_lm))), access=access)) as url:
+        alice = Client(url, verbose=False)
+        for _ in range(2):
+            assert alice.predict("Advice", *SETTINGS, api_name="/generate_tweet")[0]
+        with pytest.raises(Exception, match=r"Too many generation requests from you \(the limit is 2/hour\)"):
+            alice.predict("Advice", *SETTINGS, api_name="/generate_tweet")
+        bob = Client(url, verbose=False)  # another session from the same address
+        assert bob.predict("Advice", *SETTINGS, api_name="/generate_arena")[0]
+        with pytest.raises(Exception, match="Too many generation requests from your IP address"):
+            bob.predict("Advice", *SETTINGS, api_name="/generate_tweet")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,11 +12,17 @@ import pytest
 from gradio_client import Client
 
 from demos.app import build_app
+from demos.quotas import Access, Limits
 from hub.feedback.callback import FeedbackCallback
+from hub.feedback.records import validate_record
+from hub.feedback.tickets import SECRET_ENV, TICKET_TTL, pseudonym, sign_ticket
 from serving.engine import Engine
 from serving.models import load_model
 from tasks import TASKS
-from tests.test_app import SETTINGS, example_args, free_port
+from tests.test_app import SETTINGS, example_args, serving
+
+SECRET = "a test secret that is long enough"
+KEY = SECRET.encode()
 
 
 @pytest.fixture(scope="module")
@@ -25,14 +33,12 @@ def feedback_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def client(tiny_causal_lm: Path, feedback_folder: Path) -> Iterator[Client]:
     feedback = FeedbackCallback(folder=feedback_folder)
-    app = build_app(Engine(load_model(str(tiny_causal_lm))), feedback=feedback)
-    port = free_port()
-    app.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
-    try:
-        yield Client(f"http://127.0.0.1:{port}/", verbose=False)
-    finally:
-        app.close()
-        feedback.close(push=False)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(SECRET_ENV, SECRET)
+        app = build_app(Engine(load_model(str(tiny_causal_lm))), feedback=feedback)
+    with serving(app) as url:
+        yield Client(url, verbose=False)
+    feedback.close(push=False)
 
 
 def records(folder: Path, slug: str) -> list[dict]:
@@ -68,7 +74,7 @@ def test_feedback_needs_a_flag_or_an_edit(client: Client) -> None:
 
 def test_unknown_flag_is_refused_and_nothing_written(client: Client, feedback_folder: Path) -> None:
     before = len(records(feedback_folder, "detox"))
-    with pytest.raises(Exception):  # noqa: B017 - gradio refuses a value outside the radio's choices
+    with pytest.raises(Exception, match="'hilarious' .* is not in the list of choices"):
         client.predict("Continue me", "some output", "hilarious", "", None, api_name="/feedback_detox")
     assert len(records(feedback_folder, "detox")) == before
 
@@ -95,3 +101,138 @@ def test_arena_votes_become_preferences(client: Client, feedback_folder: Path, v
         assert (row["chosen"], row["rejected"]) == (answer_b, answer_a)
     if vote == "A":
         assert (row["chosen"], row["rejected"]) == (answer_a, answer_b)
+    model_of = {side: {key: served[side][key] for key in ("base", "adapter", "revision")} for side in "AB"}
+    assert row["sides"] == model_of and row["model"] == model_of["B" if vote == "B" else "A"]
+    assert (row["schema"], row["source"], row["user"]) == (2, "person", None)
+    assert validate_record(row) == row
+
+
+PROMPT = "Advice for founders"
+
+
+def tweet(client: Client) -> tuple[str, dict]:
+    text, served = client.predict(PROMPT, *SETTINGS, api_name="/generate_tweet")
+    return text, served
+
+
+def rate(client: Client, text: str, served: object) -> str:
+    return client.predict(PROMPT, text, 5, 4, 3, 2, served, api_name="/feedback_tweet")
+
+
+def forged(ticket: str, **model: str) -> str:
+    """`ticket` with its readable payload edited and the old signature kept: what a forger can do."""
+    body, signature = ticket.split(".")
+    payload = json.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
+    payload["model"].update(model)
+    text = json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(text).rstrip(b"=").decode() + "." + signature
+
+
+def expired(served: dict, text: str) -> dict:
+    """A correctly signed ticket for this very output, issued long enough ago to have expired."""
+    ticket = sign_ticket(key=KEY, task="tweet", inputs={"prompt": PROMPT}, completion=text,
+                         model={key: served[key] for key in ("base", "adapter", "revision")},
+                         generation=served["generation"], now=time.time() - TICKET_TTL - 60)
+    return {**served, "ticket": ticket}
+
+
+FORGERIES = {
+    "adapter changed in the ticket": (lambda s, t: ({**s, "ticket": forged(s["ticket"], adapter="evil")}, t),
+                                      "not one this server issued"),
+    "revision changed in the ticket": (lambda s, t: ({**s, "ticket": forged(s["ticket"], revision="0" * 40)}, t),
+                                       "not one this server issued"),
+    "made-up ticket": (lambda s, t: ({**s, "ticket": "e30.c2lnbmF0dXJl"}, t), "not one this server issued"),
+    "huge ticket": (lambda s, t: ({**s, "ticket": "x" * 100_000}, t), "not one this server issued"),
+    "adapter changed beside the ticket": (lambda s, t: ({**s, "adapter": "evil"}, t), "changed after it was served"),
+    "settings changed beside the ticket": (lambda s, t: ({**s, "generation": {**s["generation"], "seed": 7}}, t),
+                                           "changed after it was served"),
+    "completion changed": (lambda s, t: (s, t + " and more"), "not the one the server produced"),
+    "no ticket": (lambda s, t: ({k: v for k, v in s.items() if k != "ticket"}, t), "generate an output first"),
+    "expired ticket": (lambda s, t: (expired(s, t), t), "has expired"),
+    "served-by a string": (lambda s, t: ("served", t), r"served-by must be the JSON object .*\(got a string\)"),
+    "served-by an array": (lambda s, t: ([s], t), r"\(got an array\)"),
+}
+
+
+@pytest.mark.parametrize("forgery", list(FORGERIES))
+def test_feedback_on_an_output_the_server_did_not_serve_is_refused(client: Client, feedback_folder: Path,
+                                                                    forgery: str) -> None:
+    change, message = FORGERIES[forgery]
+    text, served = tweet(client)
+    before = len(records(feedback_folder, "tweet"))
+    bad_served, bad_text = change(served, text)
+    with pytest.raises(Exception, match=message):
+        rate(client, bad_text, bad_served)
+    assert len(records(feedback_folder, "tweet")) == before
+    assert rate(client, text, served).startswith("Thanks!")  # the untouched served-by still works
+
+
+def test_a_ticket_gives_each_kind_of_feedback_once_and_only_for_its_inputs(client: Client) -> None:
+    text, served = tweet(client)
+    with pytest.raises(Exception, match="another task or other inputs"):
+        client.predict("Advice for investors", text, 5, 4, 3, 2, served, api_name="/feedback_tweet")
+    assert rate(client, text, served).startswith("Thanks!")
+    with pytest.raises(Exception, match="already has your rating"):
+        rate(client, text, served)
+
+    args = example_args("detox")
+    text, served, _ = client.predict(*args, *SETTINGS, api_name="/generate_detox")
+    with pytest.raises(Exception, match="not the one the server produced"):  # an edit belongs to a real output
+        client.predict(*args, "An output nobody served.", None, "A better one.", served, api_name="/feedback_detox")
+
+
+def test_arena_votes_need_both_sides_tickets(client: Client, feedback_folder: Path) -> None:
+    prompt = "Two tips for a marathon"
+    answer_a, answer_b, served = client.predict(prompt, *SETTINGS, api_name="/generate_arena")
+    before = len(records(feedback_folder, "arena"))
+    for bad, message in [({"A": served["A"], "B": served["A"]}, "not the one the server produced"),
+                         ({"A": served["A"]}, r"served-by B must be the JSON object .*\(got null\)"),
+                         ("AB", r"sides A and B \(got a string\)")]:
+        with pytest.raises(Exception, match=message):
+            client.predict(prompt, answer_a, answer_b, "A", bad, api_name="/feedback_arena")
+    assert len(records(feedback_folder, "arena")) == before
+
+
+def test_feedback_quotas_refuse_the_call_after_the_limit(tiny_causal_lm: Path, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(SECRET_ENV, SECRET)
+    access = Access(limits=Limits.parse("feedback=2/hour,feedback-per-ip=off"))
+    with FeedbackCallback(folder=tmp_path) as feedback:
+        app = build_app(Engine(load_model(str(tiny_causal_lm))), feedback=feedback, access=access)
+        with serving(app) as url:
+            client = Client(url, verbose=False)
+            outputs = [tweet(client) for _ in range(3)]
+            for text, served in outputs[:2]:
+                assert rate(client, text, served).startswith("Thanks!")
+            with pytest.raises(Exception, match=r"Too many feedback requests from you \(the limit is 2/hour\)"):
+                rate(client, *outputs[2])
+        assert len(records(tmp_path, "tweet")) == 2
+
+
+def test_a_login_required_app_refuses_anonymous_feedback_and_hashes_signed_in_names(
+        tiny_causal_lm: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import httpx
+
+    from tests.hub_server import HubServer
+
+    monkeypatch.setenv(SECRET_ENV, SECRET)
+    # Off a Space, Gradio signs people in as this machine's Hub account: here the local Hub's user.
+    with HubServer(user="ada-lovelace") as hub, FeedbackCallback(folder=tmp_path / "feedback") as feedback:
+        hub.patch_client(monkeypatch, tmp_path / "hf-home")
+        app = build_app(Engine(load_model(str(tiny_causal_lm))), feedback=feedback,
+                        access=Access(require_login=True))
+        with serving(app) as url:
+            anonymous = Client(url, verbose=False)
+            text, served = tweet(anonymous)
+            with pytest.raises(Exception, match="Sign in with Hugging Face"):
+                rate(anonymous, text, served)
+            assert records(tmp_path / "feedback", "tweet") == []
+
+            with httpx.Client(base_url=url) as browser:
+                callback = browser.get("/login/huggingface").headers["location"]
+                cookie = browser.get(callback).headers["set-cookie"].split(";")[0]
+            signed_in = Client(url, verbose=False, headers={"Cookie": cookie})
+            text, served = tweet(signed_in)
+            assert rate(signed_in, text, served).startswith("Thanks!")
+    row = records(tmp_path / "feedback", "tweet")[-1]
+    assert row["user"] == pseudonym("ada-lovelace", key=KEY) and "ada-lovelace" not in json.dumps(row)

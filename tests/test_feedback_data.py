@@ -1,4 +1,4 @@
-"""Loading feedback for trainers: dedup, malformed rows, revisions, TRL views, the stats command."""
+"""Reading feedback: dedup, malformed rows, revisions, the stats command (rows for trainers: test_rows.py)."""
 
 from __future__ import annotations
 
@@ -12,16 +12,7 @@ import pytest
 
 from hub.cli import main
 from hub.errors import FlywheelError
-from hub.feedback.loading import (
-    MalformedFeedbackWarning,
-    feedback_counts,
-    kto_view,
-    load_feedback,
-    load_feedback_snapshot,
-    preference_view,
-    reward_view,
-    sft_view,
-)
+from hub.feedback.loading import MalformedFeedbackWarning, feedback_counts, load_feedback, load_feedback_snapshot
 from hub.feedback.store import FeedbackStore
 from tasks import get_task
 
@@ -117,41 +108,6 @@ def test_bad_task_or_kind_is_refused(folder: Path) -> None:
         load_feedback(folder, task="poetry")
     with pytest.raises(FlywheelError, match="Unknown feedback kind"):
         load_feedback(folder, task="tweet", kind="likes")
-
-
-def test_views_have_the_shapes_trl_takes(folder: Path, tmp_path: Path) -> None:
-    from trl.data_utils import apply_chat_template, is_conversational
-
-    from tests.tiny_models import build_tokenizer
-
-    pitch, arena, tweet = (load_feedback(folder, task=t) for t in ("elevator_pitch", "arena", "tweet"))
-    sft = sft_view(pitch)
-    assert sft.column_names == ["messages"] and len(sft) == 2  # the edit and the "great" flag
-    assert {row["messages"][-1]["content"] for row in sft} == {
-        "I am great.", "I am a student who interned and wants to learn."}
-    assert [m["role"] for m in sft[0]["messages"]] == ["system", "user", "assistant"]
-
-    prefs = preference_view(arena)
-    assert prefs.column_names == ["prompt", "chosen", "rejected"]
-    assert sorted(row["chosen"][0]["content"] for row in prefs) == ["good A", "good B"]  # no tie, no both-bad
-    assert prefs[0]["chosen"][0]["role"] == "assistant" and prefs[0]["prompt"][-1]["role"] == "user"
-
-    kto = kto_view(pitch)
-    assert kto.column_names == ["prompt", "completion", "label"]
-    assert sorted(kto["label"]) == [False, True]
-
-    rewards = reward_view(tweet)
-    assert rewards.column_names == ["prompt", "completion", "reward"]
-    assert rewards[0]["reward"] == get_task("tweet").reward_from_ratings(RATINGS)
-
-    assert len(sft_view(arena)) == len(preference_view(pitch)) == 0
-    assert len(kto_view(tweet)) == len(reward_view(arena)) == 0
-    tokenizer = build_tokenizer()
-    for view in (sft, prefs, kto, rewards):
-        example = view[0]
-        assert is_conversational(example)
-        rendered = apply_chat_template({k: v for k, v in example.items() if k != "reward"}, tokenizer)
-        assert all(isinstance(text, str) and text for key, text in rendered.items() if key != "label")
 
 
 def test_feedback_counts_and_the_stats_command(folder: Path, capsys) -> None:

@@ -45,7 +45,7 @@ def test_every_kind_builds_a_complete_round_tripping_record(kind: str) -> None:
                   session="0123abcd")
     assert tuple(record) == FIELDS
     assert uuid.UUID(record["id"]).version == 4
-    assert record["schema"] == 1 and record["kind"] == kind
+    assert record["schema"] == 2 and record["kind"] == kind and record["source"] == "person"
     assert record["created_at"].endswith("Z") and datetime.fromisoformat(record["created_at"])
     assert record["prompt"] == get_task(record["task"]).messages(record["inputs"])
     line = encode_record(record)
@@ -57,7 +57,7 @@ def test_every_kind_builds_a_complete_round_tripping_record(kind: str) -> None:
 def test_fields_that_do_not_apply_are_null() -> None:
     flag = make("flag")
     assert all(flag[name] is None for name in ("ratings", "reward", "chosen", "rejected", "tie", "edited",
-                                                "model", "generation", "session"))
+                                                "model", "generation", "session", "user", "sides"))
     rating = make("rating")
     assert rating["label"] is None and rating["reward"] == get_task("tweet").reward_from_ratings(RATINGS)
     assert make("rating", reward=0.25)["reward"] == 0.25
@@ -139,6 +139,15 @@ REJECTIONS = [
     ("generation not a number", "flag", {"generation": {"temperature": "hot"}}, "temperature must be"),
     ("generation fractional int", "flag", {"generation": {"top_k": 2.5}}, "top_k must be a whole number"),
     ("generation infinite", "flag", {"generation": {"top_p": float("inf")}}, "top_p must be"),
+    ("seed above int64", "flag", {"generation": {"seed": 10**19}}, "seed must be a whole number from 0 to 922"),
+    ("seed negative", "flag", {"generation": {"seed": -1}}, "seed must be a whole number from 0"),
+    ("temperature out of range", "flag", {"generation": {"temperature": 2.5}}, "temperature must be a number from"),
+    ("user too long", "flag", {"user": "u" * 513}, "user must be text"),
+    ("unknown source", "flag", {"source": "bot"}, "source must be one of person, guard, simulated"),
+    ("sides on a flag", "flag", {"sides": {"A": {"base": "x"}}}, "sides does not apply to flag"),
+    ("sides unknown side", "preference", {"sides": {"C": {"base": "x"}}}, "sides must be an object"),
+    ("sides bad model", "preference", {"sides": {"A": {"gpu": "x"}}}, "model must be an object"),
+    ("completion huge", "flag", {"completion": " " * 10_000_000}, "completion is too long"),
     ("session too long", "flag", {"session": "s" * 513}, "session must be text"),
     ("session empty", "flag", {"session": ""}, "session must be text"),
     ("lone surrogate", "flag", {"completion": "bad \ud800 text"}, "cannot be stored as JSON"),
@@ -157,8 +166,8 @@ def test_invalid_records_are_refused_with_a_clear_message(why: str, kind: str, c
 @pytest.mark.parametrize(("why", "changes", "message"), [
     ("not an object", None, "JSON object"),
     ("unknown field", {"extra": 1}, "Unknown feedback field"),
-    ("other schema", {"schema": 2}, "schema must be 1"),
-    ("bool schema", {"schema": True}, "schema must be 1"),
+    ("future schema", {"schema": 3}, "schema must be 1 or 2"),
+    ("bool schema", {"schema": True}, "schema must be 1 or 2"),
     ("bad id", {"id": "not-a-uuid"}, "id must be a UUID"),
     ("bad time", {"created_at": "yesterday"}, "created_at must be an ISO 8601"),
     ("naive time", {"created_at": "2026-11-22T10:00:00"}, "UTC"),
@@ -174,3 +183,46 @@ def test_missing_null_fields_are_accepted_and_times_normalised() -> None:
     sparse = {k: v for k, v in row.items() if v is not None}
     sparse["created_at"] = "2026-11-22T11:00:00+01:00"
     assert validate_record(sparse) == {**row, "created_at": "2026-11-22T10:00:00Z"}
+
+
+def test_schema_1_rows_stay_readable() -> None:
+    row = {name: value for name, value in make("flag").items() if name not in ("user", "source", "sides")}
+    row["schema"] = 1
+    assert validate_record(row) == {**row, "user": None, "source": "person", "sides": None}
+
+
+def test_new_fields_round_trip() -> None:
+    side = {"base": "tiny", "adapter": "me/arena-dpo", "revision": "abc"}
+    record = make("preference", user="0123abcd", source="simulated", sides={"A": side, "B": None})
+    assert (record["user"], record["source"], record["sides"]) == ("0123abcd", "simulated", {"A": side, "B": None})
+    assert validate_record(json.loads(encode_record(record))) == record
+
+
+def test_a_row_with_a_huge_seed_is_skipped_by_the_loader_not_a_crash(tmp_path) -> None:
+    from hub.feedback.loading import MalformedFeedbackWarning, load_feedback
+
+    good = make("flag", generation={"seed": 2**63 - 1})
+    bad = {**make("flag"), "generation": {"seed": 10**19}}  # what an old app stored from the Seed box
+    folder = tmp_path / "data" / "conversation_starter" / "2026-11-22"
+    folder.mkdir(parents=True)
+    (folder / "writer.jsonl").write_bytes(encode_record(good) + encode_record(bad))
+    with pytest.warns(MalformedFeedbackWarning, match="Skipped 1 malformed .*seed must be"):
+        rows = load_feedback(tmp_path, task="conversation_starter")
+    assert rows["generation"] == [good["generation"]]
+
+
+def test_a_trainer_meets_rows_with_huge_seeds_with_one_line_and_exit_2(tiny_causal_lm, capsys, tmp_path) -> None:
+    from hub.paths import feedback_home
+    from tests.trainer_utils import FAST, error_lines, train
+    from trainers import sft
+
+    rows = [{**make("flag", completion=f"Sailing or jazz, {i}?"), "generation": {"seed": 10**19 + i}}
+            for i in range(6)]
+    folder = feedback_home() / "data" / "conversation_starter" / "2026-11-22"
+    folder.mkdir(parents=True)
+    (folder / "old-app.jsonl").write_bytes(b"".join(encode_record(row) for row in rows))
+    code, _, err = train(sft.main, sft.SFTArgs, [*FAST, "--task", "conversation_starter", "--model",
+                                                 str(tiny_causal_lm), "--output-dir", str(tmp_path / "out")], capsys)
+    assert code == 2 and "Traceback" not in err and "OverflowError" not in err
+    (line,) = error_lines(err)
+    assert "No usable SFT rows for task conversation_starter" in line

@@ -45,19 +45,57 @@ def worker(folder: Path, *args: str) -> subprocess.Popen:
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def test_log_appends_and_fsyncs_each_record_before_returning(tmp_path: Path, monkeypatch) -> None:
-    synced: list[int] = []
-    real_fsync = os.fsync
-    monkeypatch.setattr(hub.feedback.store.os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd)))
-    with FeedbackStore(folder=tmp_path) as store:
+class FsyncWatch:
+    """Wraps the real `os.fsync` (it still runs) and notes which file or directory each call made durable.
+
+    A kill -9 test cannot catch a missing fsync (the page cache outlives the process), so this
+    observes the calls instead: each is noted as (device, inode, size at that moment).
+    """
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.calls: list[tuple[int, int, int]] = []
+        real = os.fsync
+
+        def fsync(fd: int) -> None:
+            stat = os.fstat(fd)
+            real(fd)
+            self.calls.append((stat.st_dev, stat.st_ino, stat.st_size))
+
+        monkeypatch.setattr(os, "fsync", fsync)
+
+    def synced(self, path: Path, *, since: int = 0) -> list[int]:
+        """Sizes `path` had at each fsync of it after call number `since`."""
+        stat = path.stat()
+        return [size for dev, ino, size in self.calls[since:] if (dev, ino) == (stat.st_dev, stat.st_ino)]
+
+
+def test_log_fsyncs_the_row_and_the_new_names_before_returning(tmp_path: Path, monkeypatch) -> None:
+    watch = FsyncWatch(monkeypatch)
+    folder = tmp_path / "feedback"
+    with FeedbackStore(folder=folder) as store:
+        before = len(watch.calls)
         first = rate(store)
-        assert len(synced) >= 1
-        before = len(synced)
+        day = folder / "data" / "tweet" / first["created_at"][:10]
+        path = day / f"{store.writer_id}.jsonl"
+        assert watch.synced(path, since=before) == [path.stat().st_size]  # after the whole row was written
+        for directory in (day, day.parent, folder / "data"):  # each new name is in a synced directory
+            assert watch.synced(directory, since=before), directory
+        size, before = path.stat().st_size, len(watch.calls)
         second = rate(store, "Listen first.")
-        assert len(synced) == before + 1
-        path = tmp_path / "data" / "tweet" / first["created_at"][:10] / f"{store.writer_id}.jsonl"
+        assert watch.synced(path, since=before) == [path.stat().st_size] and path.stat().st_size > size
+        assert not watch.synced(day, since=before)  # an existing file needs no directory fsync
         assert [json.loads(line) for line in path.read_bytes().splitlines()] == [first, second]
         assert store.count == 2
+
+
+def test_a_closed_store_refuses_rows_so_its_last_push_holds_every_accepted_one(tmp_path: Path) -> None:
+    store = FeedbackStore(folder=tmp_path)
+    rate(store)
+    store.close()
+    with pytest.raises(FlywheelError, match="no longer accepted: the app is shutting down"):
+        rate(store, "too late")
+    assert len(lines_of(tmp_path)) == 1
+    store.close()  # twice is fine
 
 
 def test_default_folder_is_the_feedback_home() -> None:
@@ -73,7 +111,7 @@ def test_an_invalid_record_writes_nothing(tmp_path: Path) -> None:
                       ratings={**RATINGS, "clarity": 9})
         assert lines_of(tmp_path) == []
         rate(store)
-        with pytest.raises(InvalidRecord):
+        with pytest.raises(InvalidRecord, match="cannot be stored as JSON"):
             store.log(task="tweet", kind="rating", inputs={"prompt": "x"}, completion="\ud800",
                       ratings=RATINGS)
     assert len(lines_of(tmp_path)) == 1

@@ -17,6 +17,7 @@ import datasets
 import pytest
 
 import hub.feedback.sync
+from hub.cli import main as hub_main
 from hub.feedback.callback import FeedbackCallback
 from hub.feedback.loading import load_feedback, load_feedback_snapshot
 from tests.hub_server import HubServer
@@ -243,7 +244,7 @@ def test_hub_read_errors_and_stats_of_a_hub_repo(hub_server: HubServer, tmp_path
     assert main(["feedback", "stats", "--repo", REPO]) == 0
     out = capsys.readouterr().out
     assert f"Feedback in {REPO} (revision {hub_server.commits(REPO, 'dataset')[-1].oid})" in out
-    assert out.splitlines()[-1].split() == ["total", "0", "1", "0", "0", "1"]
+    assert out.splitlines()[-1].split() == ["total", "0", "1", "0", "0", "1"]  # the home never synced to it
     hub_server.stop()
     assert main(["feedback", "stats", "--repo", REPO]) == 2
     assert capsys.readouterr().err.startswith(f"error: Feedback repo {REPO} could not be read")
@@ -261,3 +262,72 @@ def test_pushes_do_not_pile_up_while_one_is_slow(hub_server: HubServer, tmp_path
     assert store.push(timeout=30)  # a push asked for after a row was written includes it
     assert len(hub_ids(hub_server)) == 2
     store.close()
+
+
+@pytest.mark.parametrize("repo_exists", [True, False], ids=["commit-refused", "create-refused"])
+def test_a_read_only_token_is_a_403_in_sync_health_with_the_token_masked(
+        hub_server: HubServer, tmp_path: Path, capsys, caplog: pytest.LogCaptureFixture, repo_exists: bool) -> None:
+    caplog.set_level(logging.DEBUG, logger="hub")  # ours at every level; libraries' warnings and errors
+    reader = "readonly-token-for-feedback-42"  # not shaped like hf_...: only deliberate masking hides it
+    hub_server.read_only_tokens.add(reader)
+    if repo_exists:
+        hub_server.seed(REPO, {}, "dataset", private=True)
+    folder = tmp_path / "feedback"
+    store = FeedbackCallback(folder=folder, repo_id=REPO, every=60, token=reader)
+    ids = [rate(store, f"row {i}")["id"] for i in range(3)]
+    assert store.push(timeout=30) is False
+    health = store.health()["sync"]
+    assert (health["repo_id"], health["rows_waiting"], health["last_push"]) == (REPO, 3, None)
+    assert "403 Forbidden: You don't have the rights to write" in health["last_error"]
+    assert "(request token: ***)" in health["last_error"] and health["last_error_at"]
+    assert any(r.status == 403 and r.token == reader for r in hub_server.requests)  # the Hub quoted it
+
+    assert hub_main(["feedback", "stats", "--repo", str(folder)]) == 0  # as another process sees it
+    line = capsys.readouterr().out.splitlines()[-1]
+    assert line.startswith(f"Hub sync of {folder} to {REPO} ({hub_server.url}): last push never, 3 rows waiting")
+    assert "403 Forbidden" in line
+    store.close()  # the last push is refused too: the rows stay local
+    assert "not pushed" in caplog.text and "403" in caplog.text
+    assert reader not in caplog.text and reader not in line and reader not in json.dumps(health)
+    assert all(reader.encode() not in path.read_bytes() for path in folder.rglob("*") if path.is_file())
+    assert hub_ids(hub_server) == []
+
+    fixed = FeedbackCallback(folder=folder, repo_id=REPO, every=60)  # restarted with a write token
+    assert fixed.push(timeout=30)
+    assert sorted(hub_ids(hub_server)) == sorted(ids)
+    health = fixed.health()["sync"]
+    assert (health["rows_waiting"], health["last_error"], health["last_error_at"]) == (0, None, None)
+    assert health["last_push"]
+    fixed.close()
+
+
+def test_a_repo_deleted_and_created_again_gets_every_row_again(hub_server: HubServer, tmp_path: Path) -> None:
+    from huggingface_hub import HfApi
+
+    store = FeedbackCallback(folder=tmp_path / "feedback", repo_id=REPO, every=60)
+    ids = [rate(store, f"row {i}")["id"] for i in range(5)]
+    assert store.push(timeout=30) and sorted(hub_ids(hub_server)) == sorted(ids)
+    HfApi().delete_repo(REPO, repo_type="dataset")
+    HfApi().create_repo(REPO, repo_type="dataset", private=True)
+    ids.append(rate(store, "after the repo came back")["id"])
+    assert store.push(timeout=30)
+    assert sorted(hub_ids(hub_server)) == sorted(ids)
+    assert "README.md" in hub_server.files(REPO, "dataset")  # the card too: load_dataset works again
+
+    HfApi().delete_repo(REPO, repo_type="dataset")  # and not created again: the sync creates it
+    assert store.push(timeout=30)
+    assert sorted(hub_ids(hub_server)) == sorted(ids) and hub_server.repo(REPO, "dataset").private
+    assert store.health()["sync"]["rows_waiting"] == 0
+    store.close()
+
+
+def test_close_makes_a_last_connection_attempt_at_once(hub_server: HubServer, tmp_path: Path,
+                                                       fast_retries: None) -> None:
+    hub_server.faults.down = True
+    store = FeedbackCallback(folder=tmp_path / "feedback", repo_id=REPO, every=60)  # backoff up to an hour
+    ids = [rate(store, f"row {i}")["id"] for i in range(3)]
+    wait_for(lambda: store.sync.last_error is not None)
+    assert not store.sync.connected and store.health()["sync"]["rows_waiting"] == 3
+    hub_server.faults.reset()
+    store.close(timeout=60)
+    assert sorted(hub_ids(hub_server)) == sorted(ids)

@@ -93,7 +93,7 @@ def test_upload_download_round_trip(hub_server: HubServer, tmp_path: Path) -> No
     snapshot = Path(snapshot_download("user/adapters", local_dir=tmp_path / "snap"))
     assert (snapshot / "adapter_model.safetensors").read_bytes() == weights
     assert (snapshot / "nested" / "notes.txt").read_text() == "hello"
-    with pytest.raises(EntryNotFoundError):
+    with pytest.raises(EntryNotFoundError, match="Entry Not Found"):
         hf_hub_download("user/adapters", "missing.txt")
 
     # Unchanged content makes no commit (preupload reports the remote oid).
@@ -115,11 +115,11 @@ def test_upload_download_round_trip(hub_server: HubServer, tmp_path: Path) -> No
 def test_private_repo_and_required_token(hub_server: HubServer) -> None:
     HfApi().create_repo("user/secret", repo_type="dataset", private=True)
     assert HfApi().dataset_info("user/secret").private
-    with pytest.raises(RepositoryNotFoundError):
+    with pytest.raises(RepositoryNotFoundError, match="Repository Not Found"):
         HfApi(token=False).dataset_info("user/secret")
 
     with HubServer(require_token=True) as strict:
-        with pytest.raises(HfHubHTTPError) as err:
+        with pytest.raises(HfHubHTTPError, match="401") as err:
             HfApi(endpoint=strict.url, token=False).model_info("user/anything")
         assert err.value.response.status_code == 401
         assert HfApi(endpoint=strict.url, token="anything").whoami()["name"] == "user"
@@ -181,7 +181,7 @@ def test_commit_fails_then_succeeds_on_retry(hub_server: HubServer, tmp_path: Pa
     api.create_repo("user/fb", repo_type="dataset")
     hub_server.faults.scope = COMMITS
     hub_server.faults.fail_next(1, status=500)
-    with pytest.raises(HfHubHTTPError) as err:
+    with pytest.raises(HfHubHTTPError, match="500") as err:
         api.upload_file(path_or_fileobj=b"1", path_in_repo="a.txt", repo_id="user/fb", repo_type="dataset")
     assert err.value.response.status_code == 500
     assert hub_server.commit_count("user/fb", "dataset") == 0
@@ -205,23 +205,23 @@ def test_down_dropped_delayed_and_refused(hub_server: HubServer) -> None:
     api = HfApi()
     api.create_repo("user/m")
     hub_server.faults.down = True
-    with pytest.raises(HfHubHTTPError) as err:
+    with pytest.raises(HfHubHTTPError, match="503") as err:
         api.model_info("user/m")
     assert err.value.response.status_code == 503
     hub_server.faults.down = False
 
     hub_server.faults.drop_next(1)
-    with pytest.raises(httpx2.RemoteProtocolError):
+    with pytest.raises(httpx2.RemoteProtocolError, match="disconnected"):
         api.model_info("user/m")
     assert hub_server.requests[-1].status == 0
 
     hub_server.faults.delay = 1.0
-    with pytest.raises(httpx2.TimeoutException):
+    with pytest.raises(httpx2.TimeoutException, match="timed out"):
         api.model_info("user/m", timeout=0.1)
     hub_server.faults.reset()
 
     hub_server.stop()
-    with pytest.raises(httpx2.ConnectError):
+    with pytest.raises(httpx2.ConnectError, match="Connection refused"):
         api.model_info("user/m")
     hub_server.start()  # same port: clients recover
     assert api.model_info("user/m").id == "user/m"
@@ -253,3 +253,38 @@ def test_space_creation_variables_and_secrets(hub_server: HubServer) -> None:
     assert hub_server.variables("user/demo") == {"ADAPTER_REPO": "user/adapters"}
     assert hub_server.read("user/demo", "app.py", "space") == b"import gradio\n"
     assert api.restart_space("user/demo").stage == "RUNNING"
+
+
+def test_a_read_only_token_reads_but_every_write_is_refused_with_403(hub_server: HubServer) -> None:
+    reader = "readonly-token-1234"  # not shaped like hf_..., so only deliberate masking hides it
+    hub_server.read_only_tokens.add(reader)
+    hub_server.seed("user/fb", {"a.txt": "1"}, "dataset")
+    api = HfApi(token=reader)
+    assert api.whoami()["auth"]["accessToken"]["role"] == "read"
+    assert HfApi().whoami()["auth"]["accessToken"]["role"] == "write"
+    assert api.dataset_info("user/fb").sha == hub_server.commits("user/fb", "dataset")[-1].oid
+    with pytest.raises(HfHubHTTPError, match="403 Forbidden: You don't have the rights to write") as err:
+        api.upload_file(path_or_fileobj=b"2", path_in_repo="b.txt", repo_id="user/fb", repo_type="dataset")
+    # The test Hub quotes the token in the first line of the error, so masking tests can fail.
+    assert reader in str(err.value).strip().splitlines()[0]
+    assert hub_server.commit_count("user/fb", "dataset") == 1
+    with pytest.raises(HfHubHTTPError, match="403 Forbidden") as err:
+        api.create_repo("user/new", repo_type="dataset")
+    assert reader in str(err.value) and not hub_server.exists("user/new", "dataset")
+    assert api.create_repo("user/fb", repo_type="dataset", exist_ok=True).repo_id == "user/fb"  # as the Hub does
+    with pytest.raises(HfHubHTTPError, match="403 Forbidden"):
+        api.delete_repo("user/fb", repo_type="dataset")
+    assert hub_server.exists("user/fb", "dataset")
+
+
+def test_error_answers_quote_the_token_and_a_recreated_repo_is_a_new_repo(hub_server: HubServer) -> None:
+    api = HfApi()
+    hub_server.faults.fail_next(1, status=500)
+    with pytest.raises(HfHubHTTPError, match="500") as err:
+        api.whoami()
+    assert hub_server.token in str(err.value)
+    api.create_repo("user/fb", repo_type="dataset")
+    first = api.dataset_info("user/fb").created_at
+    api.delete_repo("user/fb", repo_type="dataset")
+    api.create_repo("user/fb", repo_type="dataset")
+    assert api.dataset_info("user/fb").created_at > first

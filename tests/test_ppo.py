@@ -1,5 +1,5 @@
-"""trainers/ppo.py end to end on tiny models: learning, the KL controller, --resume, --push,
-two processes under torchrun, GRPO/RLOO, and bad configurations (exit 2, one line)."""
+"""trainers/ppo.py and trainers/grpo.py end to end on tiny models: learning, the KL controller,
+--resume, --push, two processes under torchrun, GRPO/RLOO, and bad configurations (exit 2, one line)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import pytest
 from safetensors.torch import load_file
 
 from tests.trainer_utils import error_lines, train
-from trainers import ppo
+from trainers import grpo, ppo
 from trainers.reward_functions import REWARDS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -81,11 +81,16 @@ def rtp_file(path: Path, rows: int = 24) -> Path:
     return path
 
 
-def options(model: Path, data: Path, out: Path, **overrides: Any) -> list[str]:
+TRAINERS = {"ppo": (ppo.main, ppo.PPOArgs), "grpo": (grpo.main, grpo.GRPOArgs)}
+KL_COEF = {"ppo": "init-kl-coef", "grpo": "beta"}
+
+
+def options(model: Path, data: Path, out: Path, *, trainer: str = "ppo", **overrides: Any) -> list[str]:
+    """Flags of a short run of `trainer` (ppo or grpo) on the test reward."""
     values = {"task": "detox", "model": str(model), "seed-data": str(data), "reward": "target",
               "output-dir": str(out), "max-steps": 3, "per-device-train-batch-size": 4, "response-length": 4,
               "learning-rate": 3e-3, "eval-limit": 0, "report-to": "none", "lora-r": 8, "lora-alpha": 16,
-              "init-kl-coef": 0.01, "min-rows": 4, **overrides}
+              KL_COEF[trainer]: 0.01, "min-rows": 4, **overrides}
     return [part for key, value in values.items() for part in (f"--{key}", str(value))]
 
 
@@ -187,7 +192,7 @@ def test_two_processes_end_with_identical_adapters(learnable_lm: Path, tmp_path:
 
         from safetensors.torch import save_file
 
-        from trainers import ppo
+        from trainers import grpo, ppo
         from trainers.common import run
         from trainers.reward_functions import REWARDS
 
@@ -195,11 +200,11 @@ def test_two_processes_end_with_identical_adapters(learnable_lm: Path, tmp_path:
             c.count({TARGET!r}) / 4 for c in completions]
         original = ppo.finish
 
-        def finish(config, *, model, **kwargs):  # every rank dumps its adapter before rank 0 saves it
+        def finish(training, *, model, **kwargs):  # every rank dumps its adapter before rank 0 saves it
             weights = {{k: v.detach().clone().contiguous() for k, v in model.state_dict().items()
                        if "lora_" in k}}
-            save_file(weights, str(Path(config.output_dir) / f"rank{{os.environ['RANK']}}.safetensors"))
-            return original(config, model=model, **kwargs)
+            save_file(weights, str(training.out / f"rank{{os.environ['RANK']}}.safetensors"))
+            return original(training, model=model, **kwargs)
 
         ppo.finish = finish
         run(ppo.main, ppo.PPOArgs)
@@ -226,32 +231,39 @@ def test_two_processes_end_with_identical_adapters(learnable_lm: Path, tmp_path:
 def test_grpo_and_rloo_run_with_the_same_rewards(algo: str, learnable_lm: Path, tmp_path: Path,
                                                  capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "out"
-    argv = options(learnable_lm, rtp_file(tmp_path / "rtp.jsonl"), out, algo=algo, **{
+    argv = options(learnable_lm, rtp_file(tmp_path / "rtp.jsonl"), out, trainer="grpo", algo=algo, **{
         "max-steps": 1, "num-generations": 2})
 
-    code, _, err = train(ppo.main, ppo.PPOArgs, argv, capsys)
+    code, _, err = train(*TRAINERS["grpo"], argv, capsys)
 
     assert code == 0, err[-2000:]
     assert (out / "adapter_model.safetensors").exists()
     assert "target" in (out / "metrics.jsonl").read_text()  # TRL logged the reward term by name
 
 
-@pytest.mark.parametrize("extra, message", [
-    (["--reward", "niceness"], "Unknown reward 'niceness'"),
-    (["--reward", ""], "No reward given"),
-    (["--reward", "target,toxicity:x"], "Unknown reward 'toxicity:x'"),
-    (["--reward", "reward_model=/nonexistent/reward-model"], "does not exist"),
-    (["--reward", "ratings"], "No tweet ratings reward model"),
-    (["--per-device-train-batch-size", "0"], "batch-size must be at least 1"),
-    (["--algo", "a2c"], "Unknown --algo 'a2c'"),
-    (["--algo", "grpo", "--num-generations", "3"], "multiple of --num-generations"),
-    (["--resume", "latest"], "no checkpoint"),
+@pytest.mark.parametrize("trainer, extra, message", [
+    ("ppo", ["--reward", "niceness"], "Unknown reward 'niceness'"),
+    ("ppo", ["--reward", ""], "No reward given"),
+    ("ppo", ["--reward", "target,toxicity:x"], "Unknown reward 'toxicity:x'"),
+    ("ppo", ["--reward", "reward_model=/nonexistent/reward-model"], "does not exist"),
+    ("ppo", ["--reward", "ratings"], "No tweet ratings reward model"),
+    ("ppo", ["--per-device-train-batch-size", "0"], "batch-size must be at least 1"),
+    ("ppo", ["--num-mini-batches", "3"], "multiple of --num-mini-batches"),
+    ("ppo", ["--resume", "latest"], "no checkpoint"),
+    ("ppo", ["--resume", "/nonexistent/checkpoint-3"], "not a checkpoint folder"),
+    ("ppo", ["--algo", "grpo"], "not used by the HfArgumentParser: ['--algo', 'grpo']"),  # grpo.py's option
+    ("grpo", ["--reward", "niceness"], "Unknown reward 'niceness'"),
+    ("grpo", ["--algo", "a2c"], "Unknown --algo 'a2c': use grpo or rloo"),
+    ("grpo", ["--num-generations", "3"], "multiple of --num-generations (3)"),
+    ("grpo", ["--num-generations", "1"], "--num-generations must be at least 2"),
+    ("grpo", ["--resume", "latest"], "no checkpoint"),
 ])
-def test_bad_configuration_exits_2_with_one_line(extra: list[str], message: str, tiny_causal_lm: Path,
-                                                 tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    argv = options(tiny_causal_lm, rtp_file(tmp_path / "rtp.jsonl"), tmp_path / "out") + extra
+def test_bad_configuration_exits_2_with_one_line(trainer: str, extra: list[str], message: str,
+                                                 tiny_causal_lm: Path, tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    argv = options(tiny_causal_lm, rtp_file(tmp_path / "rtp.jsonl"), tmp_path / "out", trainer=trainer) + extra
 
-    code, _, err = train(ppo.main, ppo.PPOArgs, argv, capsys)
+    code, _, err = train(*TRAINERS[trainer], argv, capsys)
 
     assert code == 2
     lines = error_lines(err)
@@ -280,9 +292,10 @@ def test_detox_recipe_parses_and_every_option_has_help(capsys: pytest.CaptureFix
 
     (config,) = TrlParser((ppo.PPOArgs,)).parse_args_and_config(
         args=["--config", str(ROOT / "recipes" / "detox-ppo.yaml")])
-    assert config.task == "detox" and config.reward == "toxicity" and config.algo == "ppo"
+    assert config.task == "detox" and config.reward == "toxicity" and config.kl_target == 6.0
     assert config.seed_data == ["../shared/data/toxicity/rtp_prompts_toxic.jsonl"]
-    code, out, _ = train(ppo.main, ppo.PPOArgs, ["--help"], capsys)
-    assert code == 0
-    for item in dataclasses.fields(ppo.PPOArgs):
-        assert f"--{item.name}" in out and item.metadata.get("help"), item.name
+    for main, options_class in TRAINERS.values():
+        code, out, _ = train(main, options_class, ["--help"], capsys)
+        assert code == 0
+        for item in dataclasses.fields(options_class):
+            assert f"--{item.name}" in out and item.metadata.get("help"), item.name

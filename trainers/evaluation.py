@@ -1,4 +1,8 @@
-"""Evaluate a base model (optionally with a LoRA adapter) on a task's examples.
+"""Generate-and-score: evaluate a base model (optionally with a LoRA adapter) on a task's examples.
+
+`evaluate` is the library call behind the `trainers/evaluate_model.py` CLI; `GenerationEvaluator`
+is how the trainers of text-writing policies score the base model before training and the
+adapter after it (see `trainers.lifecycle`). The results are `trainers.eval_report.EvalReport`s.
 
 Generation is batched (left padding for causal LMs) with the same prompt encoding the demos
 use (`serving.engine.Engine.encode`). Each task gets the metrics that make sense for it: reference
@@ -14,7 +18,8 @@ import logging
 import math
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 from hub.errors import FlywheelError
@@ -104,6 +109,47 @@ def evaluate(*, loaded: LoadedModel, task: Task, examples: list[Example], adapte
                 "generated_tokens_per_second": round(new_tokens / max(generated - started, 1e-9), 2)},
         info={"toxicity_scorer": getattr(toxicity, "name", type(toxicity).__name__) if toxicity else None},
     )
+
+
+@dataclass
+class GenerationEvaluator:
+    """The lifecycle's evaluator for a policy: the base model before training, base + adapter after.
+
+    The main metric and its direction are the task's (`Task.main_metric`, `Task.higher_is_better`).
+    """
+
+    loaded: LoadedModel
+    task: Task
+    examples: list[Example]
+    settings: GenerationSettings
+    batch_size: int = 8
+    reward_fn: RewardFn | None = None
+    unmeasured_hint: str = ""
+    """What the user can do when the main metric cannot be measured on these examples."""
+    reference: str = "the base model"
+
+    @property
+    def main_metric(self) -> str:
+        return self.task.main_metric
+
+    @property
+    def higher_is_better(self) -> bool:
+        return self.task.higher_is_better
+
+    def before(self) -> EvalReport | None:
+        return self.score(adapter=None) if self.examples else None
+
+    def after(self, model: Any, adapter_dir: Path) -> EvalReport | None:
+        """Score the saved adapter on the base model that `model` (the trained PEFT model) wraps."""
+        # PEFT put the LoRA layers into the shared base model: take them out, then apply the saved adapter.
+        if hasattr(model, "unload"):
+            model.unload()
+        model.eval()
+        return self.score(adapter=str(adapter_dir)) if self.examples else None
+
+    def score(self, *, adapter: str | None) -> EvalReport:
+        return evaluate(loaded=self.loaded, task=self.task, examples=self.examples, adapter=adapter,
+                        settings=self.settings, batch_size=self.batch_size, reward_fn=self.reward_fn)
 
 
 def continuation_perplexity(*, loaded: LoadedModel, model: Any, prompt_ids: list[list[int]],

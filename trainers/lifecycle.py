@@ -1,49 +1,85 @@
-"""What every trainer does around training: evaluate before, then evaluate after, compare, gate,
-write the model card and push.
+"""The one path every trainer takes: evaluate before, train, save, evaluate after, gate, card, push.
 
-    before = evaluate_before(config, loaded=loaded, task=task, examples=data.eval_examples)
-    trainer.train()
-    outcome = finish(config, method="sft", task=task, loaded=loaded, model=trainer.model,
-                     log_history=trainer.state.log_history, data=data, before=before, out=out)
+    training = TrainingRun(config=config, method="reward", task=task, base_model=base_id, out=out,
+                           sources=data.sources, evaluator=PairEvaluator(...))
+    evaluate_before(training)               # the reference: the base model, or chance for a reward model
+    outcome = train_and_finish(training, trainer)
 
-Only the main process (rank 0) evaluates, writes the card and pushes; the other ranks return
-None from both functions. `finish` raises `FlywheelError` (exit code 2 on the CLI) when
-`--push` is refused because the adapter scores worse than the base model and `--force` is off;
-the adapter and its card are saved locally either way.
+A trainer says how its model is scored by handing over an `Evaluator` (text-writing policies use
+`trainers.evaluation.GenerationEvaluator`, built by `prepare_policy` / `policy_run`; the reward
+model scores held-out preference pairs); the lifecycle does the rest the same way for all.
+Only the main process (rank 0) evaluates, writes the card and pushes; the other ranks get None.
+`finish` raises `FlywheelError` (exit code 2 on the CLI) when `--push` is refused because the
+adapter does not beat the reference and `--force` is off; the adapter and its card are saved
+locally either way.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from hub.errors import FlywheelError
-from hub.publish import AdapterCard, PushResult, default_repo, push_adapter, write_card
-from serving.models import LoadedModel
+from hub.publish import AdapterCard, DatasetRef, PushResult, default_repo, push_adapter, write_card
+from serving.models import LoadedModel, load_model
 from tasks import Task
-from trainers.common import CommonArgs, is_main_process, save_metrics
-from trainers.data import MIN_ROWS, TrainingData
+from trainers.common import PolicyArgs, TrainerArgs, is_main_process, lora_config, output_dir
+from trainers.eval_report import EvalReport, compare_table, is_measured
+from trainers.training_data import TrainingData, build_from_config, fit_length
 
 logger = logging.getLogger("flywheel.trainers")
 
 
-@dataclass
-class TrainerArgs(CommonArgs):
-    """Common options plus those of the evaluation and data checks every TRL-based trainer shares."""
+class Evaluator(Protocol):
+    """How a trainer's model is scored, and what it must beat."""
 
-    min_rows: int = field(default=MIN_ROWS, metadata={
-        "help": "Refuse to train on fewer rows than this (after the held-out evaluation split)."})
-    eval_reward: str | None = field(default=None, metadata={
-        "help": "Reward spec scored during evaluation (see trainers/reward_functions.py), e.g. "
-                "`reward_model=<folder or repo>` for arena or `ratings` for tweet; needed when the "
-                "task's main metric is a reward."})
-    eval_max_new_tokens: int | None = field(default=None, metadata={
-        "help": "Tokens generated per evaluation example (default: a per-task length)."})
-    eval_batch_size: int = field(default=8, metadata={"help": "Examples generated together in evaluation."})
+    @property
+    def main_metric(self) -> str:
+        """The metric the gate compares."""
+
+    @property
+    def higher_is_better(self) -> bool:
+        """The main metric's direction."""
+
+    @property
+    def reference(self) -> str:
+        """What `before` scores, as the verdict names it: `the base model`, `chance`."""
+
+    @property
+    def unmeasured_hint(self) -> str:
+        """Appended to the verdict when the main metric could not be measured."""
+
+    def before(self) -> EvalReport | None:
+        """Score the reference ahead of training (None: nothing to evaluate on)."""
+
+    def after(self, model: Any, adapter_dir: Path) -> EvalReport | None:
+        """Score the trained model, whose adapter is already saved in `adapter_dir`."""
+
+
+@dataclass
+class TrainingRun:
+    """One training run as the lifecycle sees it: its options, its evaluator, and what its card says."""
+
+    config: TrainerArgs
+    method: str
+    task: Task
+    base_model: str
+    """Base model id, written into the adapter config and the card."""
+    out: Path
+    sources: list[DatasetRef]
+    evaluator: Evaluator
+    pipeline_tag: str = "text-generation"
+    curve_keys: tuple[str, ...] = ("loss",)
+    """Logged values plotted into `training_curves.png`, one panel each."""
+    notes: list[str] = field(default_factory=list)
+    """Sentences for the card besides the verdict (e.g. how to load the model)."""
+    before: EvalReport | None = None
+    """Set by `evaluate_before`."""
 
 
 @dataclass
@@ -51,73 +87,136 @@ class Outcome:
     """What `finish` did: where the adapter is, its scores, the gate's verdict, the push."""
 
     adapter_dir: Path
-    before: Any | None
-    after: Any | None
+    before: EvalReport | None
+    after: EvalReport | None
     better: bool | None
-    """True/False: the adapter beats / does not beat the base on the main metric; None: not measured."""
+    """True/False: the adapter beats / does not beat the reference on the main metric; None: not measured."""
     verdict: str
     pushed: PushResult | None = None
     plot: Path | None = None
 
 
-def evaluation_reward(config: TrainerArgs) -> Any | None:
+@dataclass
+class Policy:
+    """A text-writing base model, the rows it trains on, and its `TrainingRun`."""
+
+    loaded: LoadedModel
+    data: TrainingData
+    training: TrainingRun
+
+    def trainer_inputs(self) -> dict[str, Any]:
+        """The keyword arguments TRL's SFT, DPO and KTO trainers share: model, rows, tokenizer, LoRA."""
+        return {"model": self.loaded.model, "train_dataset": self.data.train,
+                "processing_class": self.loaded.tokenizer,
+                "peft_config": lora_config(self.training.config, task_type="CAUSAL_LM")}
+
+
+def prepare_policy(config: PolicyArgs, *, method: str, task: Task, seq2seq: bool = False,
+                   curve_keys: tuple[str, ...] = ("loss",)) -> Policy:
+    """Load the base model and `method`'s training rows, and set up the run (nothing evaluated yet).
+
+    Raises:
+        FlywheelError: the model is seq2seq and the method (`seq2seq=False`) trains causal LMs only.
+        InvalidInput: too few or unusable rows (see `trainers.rows.check_size`).
+    """
+    loaded = load_model(config.model)
+    if loaded.is_seq2seq and not seq2seq:
+        raise FlywheelError(f"{method.upper()} trains causal LMs only, and {config.model} is a seq2seq "
+                            "(encoder-decoder) model; fine-tune it with trainers/sft.py instead.")
+    data = build_from_config(config, method, task=task, chat=loaded.has_chat_template and not loaded.is_seq2seq)
+    if not loaded.is_seq2seq:  # long prompts would leave no room for the completion the loss is on
+        data = fit_length(data, loaded.tokenizer, max_length=config.max_length, min_rows=config.min_rows)
+    training = policy_run(config, method=method, task=task, loaded=loaded, data=data, curve_keys=curve_keys)
+    return Policy(loaded=loaded, data=data, training=training)
+
+
+def policy_run(config: PolicyArgs, *, method: str, task: Task, loaded: LoadedModel, data: TrainingData,
+               out: Path | None = None, reward_fn: Any | None = None,
+               curve_keys: tuple[str, ...] = ("loss",)) -> TrainingRun:
+    """The `TrainingRun` of a policy scored by generation on `data.eval_examples`.
+
+    Args:
+        reward_fn: the reward the evaluation reports (default: the one `--eval-reward` names).
+        out: the output folder (default: `output_dir(config, method)`).
+    """
+    from trainers.evaluation import GenerationEvaluator, default_settings
+
+    hint = (" (give --eval-reward)" if "reward" in task.main_metric
+            else " (evaluation examples need references: give --eval-data or --seed-data)")
+    evaluator = GenerationEvaluator(
+        loaded=loaded, task=task, examples=data.eval_examples[:max(config.eval_limit, 0)],
+        settings=default_settings(task, max_new_tokens=config.eval_max_new_tokens),
+        batch_size=config.eval_batch_size, reward_fn=reward_fn or evaluation_reward(config),
+        unmeasured_hint=hint)
+    return TrainingRun(config=config, method=method, task=task, base_model=loaded.base_id,
+                       out=out or output_dir(config, method), sources=data.sources, evaluator=evaluator,
+                       pipeline_tag="text2text-generation" if loaded.is_seq2seq else "text-generation",
+                       curve_keys=curve_keys)
+
+
+def evaluation_reward(config: PolicyArgs) -> Any | None:
     """The reward callable `--eval-reward` names, or None."""
-    spec = getattr(config, "eval_reward", None)
-    if not spec:
+    if not config.eval_reward:
         return None
     from trainers.reward_functions import build_reward
 
-    return build_reward(spec)
+    return build_reward(config.eval_reward)
 
 
-def evaluate_before(config: CommonArgs, *, loaded: LoadedModel, task: Task, examples: list[Any],
-                    reward_fn: Any | None = None) -> Any | None:
-    """Score the base model on the held-out examples (rank 0 only; None elsewhere or with no examples)."""
-    if not is_main_process() or not examples or config.eval_limit <= 0:
-        return None
-    return _evaluate(config, loaded=loaded, task=task, examples=examples, adapter=None, reward_fn=reward_fn)
+def evaluate_before(training: TrainingRun) -> EvalReport | None:
+    """Score the reference (rank 0 only), print it and keep it in `training.before`."""
+    if is_main_process():
+        training.before = training.evaluator.before()
+        if training.before is not None:
+            print(training.before.table(), flush=True)
+    return training.before
 
 
-def finish(config: CommonArgs, *, method: str, task: Task, loaded: LoadedModel, model: Any,
-           log_history: list[dict[str, Any]], data: TrainingData, before: Any | None, out: Path,
-           reward_fn: Any | None = None, curve_keys: tuple[str, ...] = ("loss",),
-           pipeline_tag: str = "text-generation") -> Outcome | None:
-    """Save the adapter, evaluate it, compare with `before`, write the card, push if asked.
+def train_and_finish(training: TrainingRun, trainer: Any, *,
+                     resume_from_checkpoint: str | None = None) -> Outcome | None:
+    """Train with a transformers/TRL `trainer`, say what every rank did, then `finish`."""
+    trainer.train(resume_from_checkpoint=resume_from_checkpoint)
+    report_rank(trainer, training.method)
+    return finish(training, model=trainer.model, log_history=trainer.state.log_history)
+
+
+def finish(training: TrainingRun, *, model: Any, log_history: list[dict[str, Any]]) -> Outcome | None:
+    """Save the adapter, evaluate it, compare with the reference, write the card, push if asked.
 
     Args:
-        model: the trained PEFT model (its LoRA layers are removed from `loaded.model` afterwards,
-            so `loaded` is the plain base model again).
+        model: the trained PEFT model.
         log_history: the trainer's `state.log_history`, plotted into `training_curves.png`.
-        curve_keys: logged values to plot, one panel each.
 
     Raises:
-        FlywheelError: `--push` refused (worse than the base model, or the main metric could not
-            be measured) without `--force`, or the push itself failed.
+        FlywheelError: `--push` refused (not better than the reference, or the main metric could
+            not be measured) without `--force`, or the push itself failed.
     """
     if not is_main_process():
         return None
+    config, out, evaluator = training.config, training.out, training.evaluator
+    for adapter in getattr(model, "peft_config", {}).values():
+        adapter.base_model_name_or_path = training.base_model  # the id, not the local path it was read from
     model.save_pretrained(str(out), safe_serialization=True)
-    plot = save_metrics(log_history, out, keys=curve_keys)
-    _unload(model)
-    after = None
-    if before is not None:
-        after = _evaluate(config, loaded=loaded, task=task, examples=data.eval_examples, adapter=str(out),
-                          reward_fn=reward_fn)
+    plot = save_metrics(log_history, out, keys=training.curve_keys)
+    before = training.before
+    after = evaluator.after(model, out) if before is not None else None
+    table = None
+    if before is not None and after is not None:
+        print(after.table(), flush=True)
         before.to_json(out / "eval_before.json")
         after.to_json(out / "eval_after.json")
-    better, verdict = compare(before, after, task=task)
-    logger.info(verdict)
-    table = _table(before, after)
-    if table:
+        table = compare_table(before, after)
         print(table, flush=True)
-    notes = [verdict]
+    better, verdict = compare(before, after, evaluator=evaluator)
+    logger.info(verdict)
+    notes = [verdict, *training.notes]
     if config.push and better is not True and config.force:
-        notes.append("Published with --force although it does not beat the base model.")
-    card = AdapterCard(base_model=loaded.base_id, task=task.slug, method=method, datasets=data.sources,
-                       recipe=recipe_of(config), evaluation_table=table,
+        notes.append(f"Published with --force although it does not beat {evaluator.reference}.")
+    card = AdapterCard(base_model=training.base_model, task=training.task.slug, method=training.method,
+                       datasets=training.sources, recipe=recipe_of(config), evaluation_table=table,
                        metrics_before=before.metrics if before else None,
-                       metrics_after=after.metrics if after else None, main_metric=task.main_metric,
-                       plot=plot.name, notes=notes, pipeline_tag=pipeline_tag)
+                       metrics_after=after.metrics if after else None, main_metric=evaluator.main_metric,
+                       plot=plot.name, notes=notes, pipeline_tag=training.pipeline_tag)
     write_card(out, card)
     outcome = Outcome(adapter_dir=out, before=before, after=after, better=better, verdict=verdict, plot=plot)
     if not config.push:
@@ -126,31 +225,30 @@ def finish(config: CommonArgs, *, method: str, task: Task, loaded: LoadedModel, 
     if better is not True and not config.force:
         raise FlywheelError(f"Not pushing: {verdict} The adapter is saved in {out}; "
                             "pass --force to push it anyway.")
-    repo = config.hub_repo or default_repo(task.slug, method)
+    repo = config.hub_repo or default_repo(training.task.slug, training.method)
     outcome.pushed = push_adapter(out, repo=repo, card=card, private=config.private,
-                                  commit_message=f"Flywheel {method} adapter for {task.slug}")
+                                  commit_message=f"Flywheel {training.method} adapter for {training.task.slug}")
     print(f"Pushed adapter to {outcome.pushed.repo} (revision {outcome.pushed.revision[:12]}): "
           f"{outcome.pushed.url}", flush=True)
     return outcome
 
 
-def compare(before: Any | None, after: Any | None, *, task: Task) -> tuple[bool | None, str]:
-    """(adapter beats base?, one sentence why) on `task.main_metric` in `task.higher_is_better` direction."""
-    metric = task.main_metric
+def compare(before: EvalReport | None, after: EvalReport | None, *,
+            evaluator: Evaluator) -> tuple[bool | None, str]:
+    """(adapter beats the reference?, one sentence why) on the evaluator's main metric and direction."""
+    metric, reference = evaluator.main_metric, evaluator.reference
     if before is None or after is None:
         return None, f"The adapter was not evaluated, so its {metric} is unknown."
     old, new = before.metrics.get(metric), after.metrics.get(metric)
-    if not _number(old) or not _number(new):
-        hint = (" (give --eval-reward)" if "reward" in metric
-                else " (evaluation examples need references: give --eval-data or --seed-data)")
-        return None, f"The main metric {metric} could not be measured{hint}."
-    direction = "higher" if task.higher_is_better else "lower"
-    improved = new > old if task.higher_is_better else new < old
+    if not is_measured(old) or not is_measured(new):
+        return None, f"The main metric {metric} could not be measured{evaluator.unmeasured_hint}."
+    direction = "higher" if evaluator.higher_is_better else "lower"
+    improved = new > old if evaluator.higher_is_better else new < old
     if improved:
-        return True, (f"The adapter beats the base model on {metric} "
+        return True, (f"The adapter beats {reference} on {metric} "
                       f"({new:.4f} vs {old:.4f}; {direction} is better).")
     word = "ties" if math.isclose(new, old, abs_tol=1e-12) else "scores worse than"
-    return False, (f"The adapter {word} the base model on {metric} "
+    return False, (f"The adapter {word} {reference} on {metric} "
                    f"({new:.4f} vs {old:.4f}; {direction} is better).")
 
 
@@ -160,32 +258,43 @@ def recipe_of(config: Any) -> dict[str, Any]:
     return {k: v for k, v in values.items() if v is not None}
 
 
-def _evaluate(config: CommonArgs, *, loaded: LoadedModel, task: Task, examples: list[Any],
-              adapter: str | None, reward_fn: Any | None) -> Any:
-    from trainers.evaluation import default_settings, evaluate
+def save_metrics(log_history: list[dict[str, Any]], out: Path, *, keys: tuple[str, ...] = ("loss",)) -> Path:
+    """Write `metrics.jsonl` and a PNG of the training curves; return the PNG path."""
+    import matplotlib
 
-    settings = default_settings(task, max_new_tokens=getattr(config, "eval_max_new_tokens", None))
-    report = evaluate(loaded=loaded, task=task, examples=examples[:config.eval_limit], adapter=adapter,
-                      settings=settings, batch_size=getattr(config, "eval_batch_size", 8),
-                      reward_fn=reward_fn)
-    print(report.table(), flush=True)
-    return report
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with (out / "metrics.jsonl").open("w") as handle:
+        for row in log_history:
+            handle.write(json.dumps(row) + "\n")
+    present = [k for k in keys if any(k in row for row in log_history)]
+    figure, axes = plt.subplots(1, max(1, len(present)), figsize=(4.5 * max(1, len(present)), 3.2),
+                                squeeze=False)
+    for axis, key in zip(axes[0], present or ["loss"], strict=False):
+        points = [(row.get("step", i), row[key]) for i, row in enumerate(log_history) if key in row]
+        if points:
+            steps, values = zip(*points, strict=True)
+            axis.plot(steps, values, marker="o", markersize=2)
+        axis.set_title(key)
+        axis.set_xlabel("step")
+        axis.grid(alpha=0.3)
+    figure.tight_layout()
+    path = out / "training_curves.png"
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
 
 
-def _table(before: Any | None, after: Any | None) -> str | None:
-    if before is None or after is None:
-        return None
-    from trainers.eval_report import compare_table
+def report_rank(trainer: Any, method: str) -> None:
+    """Print one line per process after training, so a distributed run shows that every rank took part.
 
-    return compare_table(before, after)
-
-
-def _unload(model: Any) -> None:
-    """Take the LoRA layers out of the shared base model, so evaluation can apply the saved adapter."""
-    if hasattr(model, "unload"):
-        model.unload()
-    model.eval()
-
-
-def _number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not math.isnan(value)
+    Example output: `[rank 1/2] sft: 3 optimizer steps, 2 batches per epoch on this rank, loss 2.31`.
+    """
+    accelerator = trainer.accelerator
+    state = trainer.state
+    losses = [row["loss"] for row in state.log_history if "loss" in row]
+    batches = len(trainer.get_train_dataloader())
+    loss = f", loss {losses[-1]:.4g}" if losses else ""
+    print(f"[rank {accelerator.process_index}/{accelerator.num_processes}] {method}: {state.global_step} "
+          f"optimizer steps, {batches} batches per epoch on this rank{loss}", flush=True)

@@ -2,10 +2,11 @@
 
     python trainers/ppo.py --task detox --reward toxicity --max-steps 20 --push
     python trainers/ppo.py --config recipes/detox-ppo.yaml
-    python trainers/ppo.py --task tweet --reward ratings --algo grpo      # TRL's GRPO, same rewards
     torchrun --nproc_per_node 2 trainers/ppo.py --task detox --reward toxicity   # 2 CPU processes (gloo)
     accelerate launch --config_file recipes/accelerate/deepspeed_zero2.yaml trainers/ppo.py ...   # GPUs
     (on CPUs use torchrun: `accelerate launch --cpu --num_processes 2` starts a single process)
+
+TRL's GRPO and RLOO, with the same `--reward` specs, are in `trainers/grpo.py`.
 
 One copy of the base model is in memory: the policy is the base plus a LoRA adapter, the value
 function is a linear head on the same backbone's last hidden state, and the reference policy is
@@ -20,10 +21,11 @@ the base with the adapter disabled. Each step (Ziegler et al. 2019; CleanRL's pp
    gradients synchronised across processes and clipped;
 6. move the KL coefficient toward its target (adaptive KL controller).
 
+The file follows that order: the options, the arithmetic of steps 3-6 as pure functions on
+`[batch, response_length]` tensors, the model, `rollout` (1-2), `update` (3-5), `train` (the loop).
 Dropout stays off throughout so the ratio compares the same network before and after updates.
 """
 
-import datetime
 import logging
 import math
 import time
@@ -31,47 +33,36 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from accelerate.utils import set_seed
+from peft import get_peft_model
 from torch import nn
+from tqdm.auto import tqdm
+from transformers import GenerationConfig
 
-from tasks import InvalidInput, Task, get_task
-from trainers import ppo_state
-from trainers.common import require_task, run
-from trainers.lifecycle import TrainerArgs, evaluate_before, evaluation_reward, finish
-from trainers.ppo_core import (
-    AdaptiveKLController,
-    compute_gae,
-    entropy_of,
-    logprobs_of,
-    masked_mean,
-    masked_whiten,
-    per_token_rewards,
-    policy_loss,
-    response_mask,
-    value_loss,
-)
-from trainers.reward_functions import CombinedReward, build_reward
+from tasks import Task
+from trainers import rl_utils
+from trainers.common import lora_config, output_dir, run
+from trainers.lifecycle import evaluate_before, evaluation_reward, finish, policy_run
+from trainers.reward_functions import CombinedReward
+from trainers.rl_data import PromptBatcher, policy_prompt
+from trainers.rl_utils import RLArgs, entropy_of, logprobs_of, masked_mean, masked_var, task_and_reward
+from trainers.training_data import load_prompt_data
 
 logger = logging.getLogger("flywheel.ppo")
 
+CURVES = ("reward", "kl", "kl_coef", "entropy", "value_loss", "clipfrac")
+"""Logged values plotted into training_curves.png."""
+
 
 @dataclass
-class PPOArgs(TrainerArgs):
-    """Options of `trainers/ppo.py`, after the common ones (--task, --model, --max-steps, --push, ...).
+class PPOArgs(RLArgs):
+    """Options of `trainers/ppo.py`, after the common ones (--task, --model, --reward, --max-steps, --push, ...).
 
     `--per-device-train-batch-size` is the number of prompts each process rolls out per step.
     """
 
-    algo: str = field(default="ppo", metadata={
-        "help": "ppo: Flywheel's PPO (this file); grpo or rloo: TRL's GRPOTrainer / RLOOTrainer "
-                "with the same rewards and LoRA."})
-    reward: str | None = field(default=None, metadata={
-        "help": "Reward spec: comma-separated name[=arg][:weight] terms, e.g. `toxicity`, "
-                "`reward_model=<repo>`, `ratings`, `toxicity:1.0,reward_model=<repo>:0.5`."})
-    response_length: int = field(default=30, metadata={"help": "Tokens generated per rollout (max)."})
     max_prompt_length: int = field(default=128, metadata={
         "help": "Longer prompts keep their last this-many tokens."})
-    temperature: float = field(default=1.0, metadata={
-        "help": "Sampling temperature of rollouts (logprobs use the same temperature)."})
     num_ppo_epochs: int = field(default=4, metadata={"help": "Optimisation epochs over each rollout batch."})
     num_mini_batches: int = field(default=1, metadata={
         "help": "Minibatches per epoch (each process's batch is split this many ways)."})
@@ -88,164 +79,122 @@ class PPOArgs(TrainerArgs):
     ent_coef: float = field(default=0.0, metadata={
         "help": "Weight of the entropy bonus (0: off; the KL penalty already keeps the policy near the "
                 "base, and under Adam even 0.001 drives a small LM toward noise when advantages are small)."})
-    max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping norm."})
-    save_steps: int = field(default=25, metadata={"help": "Checkpoint every N steps (and at the end)."})
-    save_total_limit: int = field(default=2, metadata={"help": "Checkpoints kept (oldest removed)."})
-    resume: str | None = field(default=None, metadata={
-        "help": "Resume from `latest` (newest checkpoint in --output-dir) or a checkpoint folder."})
-    num_generations: int = field(default=4, metadata={
-        "help": "grpo/rloo only: completions per prompt (the group)."})
+
+    def requirements(self) -> list[tuple[bool, str]]:
+        return [*super().requirements(),
+                (self.num_mini_batches > 0, "--num-mini-batches must be at least 1."),
+                (self.per_device_train_batch_size % max(self.num_mini_batches, 1) == 0,
+                 "--per-device-train-batch-size must be a multiple of --num-mini-batches."),
+                (self.max_prompt_length > 0, "--max-prompt-length must be at least 1."),
+                (self.num_ppo_epochs > 0, "--num-ppo-epochs must be at least 1."),
+                (self.init_kl_coef >= 0 and self.kl_target >= 0, "KL coefficient and target must be >= 0.")]
 
 
-def check_config(config: PPOArgs) -> None:
-    """Refuse configurations that cannot work, before anything heavy is loaded."""
-    checks = [
-        (config.algo in ("ppo", "grpo", "rloo"), f"Unknown --algo {config.algo!r}: use ppo, grpo or rloo."),
-        (config.per_device_train_batch_size > 0, "--per-device-train-batch-size must be at least 1."),
-        (config.num_mini_batches > 0, "--num-mini-batches must be at least 1."),
-        (config.per_device_train_batch_size % max(config.num_mini_batches, 1) == 0,
-         "--per-device-train-batch-size must be a multiple of --num-mini-batches."),
-        (config.response_length > 0, "--response-length must be at least 1."),
-        (config.max_prompt_length > 0, "--max-prompt-length must be at least 1."),
-        (config.num_ppo_epochs > 0, "--num-ppo-epochs must be at least 1."),
-        (config.temperature > 0, "--temperature must be positive."),
-        (config.learning_rate > 0, "--learning-rate must be positive."),
-        (config.max_steps != 0, "--max-steps must be positive (or -1 for --num-train-epochs)."),
-        (config.num_train_epochs > 0, "--num-train-epochs must be positive."),
-        (config.init_kl_coef >= 0 and config.kl_target >= 0, "KL coefficient and target must be >= 0."),
-        (config.num_generations > 1 or config.algo == "ppo", "--num-generations must be at least 2."),
-    ]
-    for ok, message in checks:
-        if not ok:
-            raise InvalidInput(message)
+# The arithmetic (steps 3-6). Every per-token tensor is [batch, response_length]; `mask` is 1 on
+# response tokens up to and including the first end-of-sequence token, 0 on the padding after it.
+
+def per_token_rewards(scores: torch.Tensor, logprobs: torch.Tensor, ref_logprobs: torch.Tensor,
+                      mask: torch.Tensor, *, kl_coef: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Dense rewards: `-kl_coef * KL` on every token plus the sequence score on its last token.
+
+    The KL estimate per token is `logprob - ref_logprob` (its expectation under the policy is
+    the KL divergence). Returns (rewards, kl), both zero outside `mask`.
+    """
+    mask = mask.to(logprobs.dtype)
+    kl = (logprobs - ref_logprobs) * mask
+    rewards = -kl_coef * kl
+    last = (mask.sum(1).long() - 1).clamp(min=0)
+    rows = torch.arange(len(scores), device=scores.device)
+    rewards[rows, last] += scores.to(rewards.dtype) * (mask.sum(1) > 0).to(rewards.dtype)
+    return rewards, kl
 
 
-def main(config: PPOArgs) -> None:
-    check_config(config)
-    task = get_task(require_task(config))
-    reward = build_reward(config.reward)  # a bad reward fails here, before any model loads
-    if config.algo != "ppo":
-        from trainers.rl_trl import train_with_trl
+def compute_gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, *,
+                gamma: float, lam: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generalised advantage estimation (Schulman et al. 2016) over each response.
 
-        train_with_trl(config, task, reward)
-        return
-    train(config, task, reward)
+    delta_t = r_t + gamma * V_{t+1} - V_t, A_t = delta_t + gamma * lam * A_{t+1}, with V and A
+    zero past the last response token. Returns (advantages, returns = advantages + values).
+    """
+    mask = mask.to(values.dtype)
+    values, rewards = values * mask, rewards * mask
+    length = rewards.shape[1]
+    advantages = torch.zeros_like(rewards)
+    running = torch.zeros_like(rewards[:, 0])
+    for t in reversed(range(length)):
+        next_value = values[:, t + 1] if t + 1 < length else torch.zeros_like(running)
+        delta = rewards[:, t] + gamma * next_value - values[:, t]
+        running = (delta + gamma * lam * running) * mask[:, t]
+        advantages[:, t] = running
+    return advantages, (advantages + values) * mask
 
 
-def train(config: PPOArgs, task: Task, reward: CombinedReward) -> None:
-    from accelerate import Accelerator
-    from accelerate.utils import InitProcessGroupKwargs, set_seed
-    from peft import get_peft_model
-    from tqdm.auto import tqdm
+def masked_whiten(values: torch.Tensor, mask: torch.Tensor, *, eps: float = 1e-8) -> torch.Tensor:
+    """Zero mean and unit variance over the masked entries; entries outside the mask become 0."""
+    whitened = (values - masked_mean(values, mask)) * torch.rsqrt(masked_var(values, mask) + eps)
+    return whitened * mask.to(values.dtype)
 
-    from serving.models import load_model
-    from trainers.common import lora_config, output_dir
-    from trainers.rl_data import PromptBatcher, load_prompt_data, policy_prompt
 
-    out = output_dir(config, "ppo")
-    tracker = "tensorboard" if config.report_to == "tensorboard" else None  # metrics_log.jsonl always
-    if config.report_to not in ("tensorboard", "none"):
-        logger.warning("PPO reports to tensorboard or none, not %s; metrics stay in metrics_log.jsonl.",
-                       config.report_to)
-    # Rank 0 evaluates before and after training while the others wait: allow for it in the timeout.
-    patience = InitProcessGroupKwargs(timeout=datetime.timedelta(hours=4))
-    accelerator = Accelerator(cpu=not torch.cuda.is_available(), log_with=tracker, project_dir=out / "logs",
-                              kwargs_handlers=[patience])
-    accelerator.init_trackers("ppo")
-    set_seed(config.seed)
-    resume_from = ppo_state.find(config.resume, out) if config.resume else None
-    data = load_prompt_data(config, task)
-    prompts: list[str] = list(data.train["prompt"])
-    loaded = load_model(config.model)
-    if loaded.is_seq2seq:
-        raise InvalidInput("PPO trains causal language models; this model is encoder-decoder (seq2seq).")
-    tokenizer = loaded.tokenizer
-    tokenizer.padding_side, tokenizer.truncation_side = "left", "left"
-    eval_reward = evaluation_reward(config) or reward  # the reward itself is reported before/after
-    before = evaluate_before(config, loaded=loaded, task=task, examples=data.eval_examples,
-                             reward_fn=eval_reward)
+def policy_loss(new_logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
+                mask: torch.Tensor, *, clip_range: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """PPO's clipped surrogate objective, as a loss to minimise.
 
-    lora = lora_config(config, task_type="CAUSAL_LM")
-    lora.lora_dropout = 0.0  # the PPO ratio must compare one and the same network
-    model = PolicyWithValue(get_peft_model(loaded.model, lora))
-    model.policy.peft_config["default"].base_model_name_or_path = loaded.base_id
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.learning_rate)
-    kl_ctl = AdaptiveKLController(config.init_kl_coef, config.kl_target or None, config.kl_horizon)
-    history: list[dict[str, Any]] = []
-    start = ppo_state.load(resume_from, model, optimizer, kl_ctl, history) if resume_from else 0
-    model, optimizer = accelerator.prepare(model, optimizer)
-    model.eval()  # no dropout anywhere; gradients flow all the same
-    if accelerator.is_main_process:
-        ppo_state.reset_log(out, history)  # a resumed run's log restarts from its checkpoint
+    loss = mean(max(-A * ratio, -A * clip(ratio, 1 - eps, 1 + eps))). Returns (loss, clip
+    fraction: share of tokens where the clipped term won, approximate KL(old || new) by the
+    low-variance estimator mean((ratio - 1) - log ratio)).
+    """
+    log_ratio = (new_logprobs - old_logprobs) * mask.to(new_logprobs.dtype)
+    ratio = torch.exp(log_ratio)
+    unclipped = -advantages * ratio
+    clipped = -advantages * torch.clamp(ratio, 1.0 - clip_range, 1.0 + clip_range)
+    loss = masked_mean(torch.maximum(unclipped, clipped), mask)
+    with torch.no_grad():
+        clipfrac = masked_mean((clipped > unclipped).float(), mask)
+        approx_kl = masked_mean((ratio - 1) - log_ratio, mask)
+    return loss, clipfrac, approx_kl
 
-    world, rank, local_batch = accelerator.num_processes, accelerator.process_index, \
-        config.per_device_train_batch_size
-    batcher = PromptBatcher(len(prompts), local_batch * world, seed=config.seed)
-    total = config.max_steps if config.max_steps > 0 else \
-        max(1, math.ceil(config.num_train_epochs * len(prompts) / (local_batch * world)))
-    bar = tqdm(total=total, initial=start, desc="ppo", unit="step", disable=not accelerator.is_main_process)
-    for step in range(start, total):
-        began = time.perf_counter()
-        torch.manual_seed(config.seed + 1_000_003 * step + rank)  # reproducible rollouts, even on --resume
-        batch = [prompts[i] for i in batcher.indices(step, rank, local_batch)]
 
-        # 1-2. Rollouts: sample responses, score them, logprobs/values/reference logprobs.
-        texts = [policy_prompt(task, p, tokenizer) for p in batch]
-        roll = rollout(accelerator, model, tokenizer, texts, config)
-        scores, parts = reward.score(batch, roll["completions"])
-        scores_t = torch.tensor(scores, dtype=torch.float32, device=accelerator.device)
-        mask = roll["mask"]
+def value_loss(new_values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor,
+               mask: torch.Tensor, *, clip_range_value: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Clipped value loss: 0.5 * mean(max((V - R)^2, (V_clipped - R)^2)).
 
-        # 3-4. Per-token rewards with the KL penalty, GAE, whitened advantages.
-        rewards, kl = per_token_rewards(scores_t, roll["logprobs"], roll["ref_logprobs"], mask,
-                                        kl_coef=kl_ctl.value)
-        advantages, returns = compute_gae(rewards, roll["values"], mask, gamma=config.gamma, lam=config.lam)
-        advantages = masked_whiten(advantages, mask)
+    V_clipped = V_old + clip(V - V_old, -eps, eps) keeps the critic near the values used to
+    compute the advantages. Returns (loss, share of tokens where the clipped term won).
+    """
+    clipped_values = old_values + torch.clamp(new_values - old_values, -clip_range_value, clip_range_value)
+    unclipped_error = (new_values - returns) ** 2
+    clipped_error = (clipped_values - returns) ** 2
+    loss = 0.5 * masked_mean(torch.maximum(unclipped_error, clipped_error), mask)
+    with torch.no_grad():
+        clipfrac = masked_mean((clipped_error > unclipped_error).float(), mask)
+    return loss, clipfrac
 
-        # 5. PPO epochs over minibatches.
-        stats = ppo_update(accelerator, model, optimizer, roll, advantages, returns, config)
 
-        # 6. Statistics averaged over processes; the KL controller sees the global mean KL.
-        local = {"reward": scores_t.mean(), "kl": kl.sum(1).mean(),
-                 "non_score_reward": (-kl_ctl.value * kl).sum(1).mean(),
-                 "response_length": mask.sum(1).mean(), "value_mean": masked_mean(roll["values"], mask),
-                 **{f"reward/{k}": torch.tensor(v).mean() for k, v in parts.items()}, **stats}
-        means = accelerator.reduce(torch.stack([torch.as_tensor(v, dtype=torch.float32).reshape(())
-                                                for v in local.values()]), reduction="mean")
-        row = {"step": step + 1, "episodes": (step + 1) * local_batch * world,
-               **{k: round(float(v), 6) for k, v in zip(local, means, strict=True)},
-               "kl_coef": kl_ctl.value, "seconds": round(time.perf_counter() - began, 3)}
-        kl_ctl.update(row["kl"], local_batch * world)
-        history.append(row)
-        accelerator.log(row, step=step + 1)
-        bar.update(1)
-        bar.set_postfix(reward=f"{row['reward']:.3f}", kl=f"{row['kl']:.3f}")
-        if accelerator.is_main_process:
-            ppo_state.append_log(out, row)
-            if (step + 1) % max(config.logging_steps, 1) == 0:
-                logger.info("step %d/%d %s", step + 1, total, " ".join(
-                    f"{k}={row[k]:.4g}" for k in ("reward", "kl", "kl_coef", "entropy", "clipfrac",
-                                                   "value_loss", "approx_kl", "seconds")))
-        if (step + 1) % max(config.save_steps, 1) == 0 or step + 1 == total:
-            ppo_state.save(accelerator, model, optimizer, kl_ctl, history, out, step + 1,
-                           keep=config.save_total_limit)
-    bar.close()
+@dataclass
+class AdaptiveKLController:
+    """Adaptive KL coefficient (Ziegler et al. 2019): nudges the KL penalty toward `target`.
 
-    # The adapter (LoRA only: the value head stays in the checkpoints), evaluation after, card, --push.
-    policy = accelerator.unwrap_model(model).policy
-    if ppo_state.is_sharded(accelerator):  # FSDP / ZeRO-3: rebuild a whole model on the main process
-        weights = ppo_state.gathered_weights(accelerator, model)
-        if weights is not None:
-            from peft import set_peft_model_state_dict
+    After each batch of `n_steps` sequences with mean KL `current`, the coefficient is
+    multiplied by 1 + clip(current / target - 1, -0.2, 0.2) * n_steps / horizon, so it rises
+    while the policy drifts further than the target and falls while it stays closer.
+    A `target` of None (or 0) keeps the coefficient fixed.
+    """
 
-            loaded = load_model(config.model)
-            policy = get_peft_model(loaded.model, lora)
-            set_peft_model_state_dict(policy, weights[0])
-    finish(config, method="ppo", task=task, loaded=loaded, model=policy, log_history=history, data=data,
-           before=before, out=out, reward_fn=eval_reward,
-           curve_keys=("reward", "kl", "kl_coef", "entropy", "value_loss", "clipfrac"))
-    accelerator.wait_for_everyone()
-    accelerator.end_training()
+    value: float
+    target: float | None = 6.0
+    horizon: int = 10000
+
+    def update(self, current: float, n_steps: int) -> float:
+        if self.target:
+            error = min(max(current / self.target - 1.0, -0.2), 0.2)
+            self.value *= 1.0 + error * n_steps / self.horizon
+        return self.value
+
+    def state_dict(self) -> dict[str, float | int | None]:
+        return {"value": self.value, "target": self.target, "horizon": self.horizon}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.value = float(state["value"])
 
 
 class PolicyWithValue(nn.Module):
@@ -276,61 +225,74 @@ class PolicyWithValue(nn.Module):
         return logits, self.value_head(hidden.to(self.value_head.weight.dtype)).squeeze(-1)
 
 
-def rollout(accelerator: Any, model: Any, tokenizer: Any, texts: list[str],
-            config: PPOArgs) -> dict[str, Any]:
-    """Generate one response per prompt and record what PPO needs about it (no gradients)."""
-    from transformers import GenerationConfig
+@dataclass
+class Rollout:
+    """One batch of responses and what PPO needs to know about them (per-token tensors masked)."""
 
-    device = accelerator.device
+    sequences: torch.Tensor  # prompt + response ids, left-padded prompts
+    attention: torch.Tensor
+    responses: torch.Tensor
+    mask: torch.Tensor
+    logprobs: torch.Tensor
+    ref_logprobs: torch.Tensor
+    values: torch.Tensor
+    scores: torch.Tensor
+    reward_parts: dict[str, list[float]]
+
+
+def rollout(accelerator: Any, model: Any, tokenizer: Any, task: Task, reward: CombinedReward,
+            prompts: list[str], config: PPOArgs) -> Rollout:
+    """Steps 1-2: sample one response per prompt, score it, and record logprobs, values and reference logprobs."""
     chat = bool(getattr(tokenizer, "chat_template", None))  # chat text already has its special tokens
-    encoded = tokenizer(texts, return_tensors="pt", padding=True, truncation=True,
-                        max_length=config.max_prompt_length, add_special_tokens=not chat).to(device)
-    eos_ids = eos_token_ids(tokenizer, accelerator.unwrap_model(model).policy)
+    encoded = tokenizer([policy_prompt(task, p, tokenizer) for p in prompts], return_tensors="pt", padding=True,
+                        truncation=True, max_length=config.max_prompt_length,
+                        add_special_tokens=not chat).to(accelerator.device)
+    prompt_ids, prompt_mask = encoded["input_ids"], encoded["attention_mask"]
+    eos_ids = rl_utils.eos_token_ids(tokenizer, accelerator.unwrap_model(model).policy)
     generation = GenerationConfig(do_sample=True, temperature=config.temperature, top_k=0, top_p=1.0,
                                   max_new_tokens=config.response_length, eos_token_id=eos_ids,
                                   pad_token_id=tokenizer.pad_token_id, use_cache=True)
-    unwrapping = ppo_state.unwrapped_for_generation(accelerator, model)
+    unwrapping = rl_utils.unwrapped_for_generation(accelerator, model)
     with torch.no_grad(), accelerator.autocast(), unwrapping as unwrapped:
-        prompt_ids, prompt_mask = encoded["input_ids"], encoded["attention_mask"]
         sequences = unwrapped.policy.generate(input_ids=prompt_ids, attention_mask=prompt_mask,
                                               generation_config=generation)
         responses = sequences[:, prompt_ids.shape[1]:]
-        length = responses.shape[1]
-        mask = response_mask(responses, eos_ids)
+        mask = rl_utils.response_mask(responses, eos_ids)
         attention = torch.cat([prompt_mask, torch.ones_like(responses)], dim=1)
-        logits, values = unwrapped(sequences, attention, length)
-        logprobs = logprobs_of(logits / config.temperature, responses)
+        logits, values = unwrapped(sequences, attention, responses.shape[1])
         with unwrapped.policy.disable_adapter():  # the reference policy: same weights, no LoRA
-            ref_logits, _ = unwrapped(sequences, attention, length, with_values=False)
-        ref_logprobs = logprobs_of(ref_logits / config.temperature, responses)
+            ref_logits, _ = unwrapped(sequences, attention, responses.shape[1], with_values=False)
     kept = [row[:int(n)] for row, n in zip(responses, mask.sum(1), strict=True)]
-    completions = tokenizer.batch_decode(kept, skip_special_tokens=True)
-    return {"sequences": sequences, "attention": attention, "responses": responses, "mask": mask,
-            "logprobs": logprobs * mask, "ref_logprobs": ref_logprobs * mask, "values": values * mask,
-            "completions": completions}
+    scores, parts = reward.score(prompts, tokenizer.batch_decode(kept, skip_special_tokens=True))
+    return Rollout(sequences=sequences, attention=attention, responses=responses, mask=mask,
+                   logprobs=logprobs_of(logits / config.temperature, responses) * mask,
+                   ref_logprobs=logprobs_of(ref_logits / config.temperature, responses) * mask,
+                   values=values * mask, reward_parts=parts,
+                   scores=torch.tensor(scores, dtype=torch.float32, device=accelerator.device))
 
 
-def ppo_update(accelerator: Any, model: Any, optimizer: Any, roll: dict[str, Any], advantages: Any,
-               returns: Any, config: PPOArgs) -> dict[str, Any]:
-    """Epochs of shuffled minibatches of the clipped PPO objective; returns mean statistics."""
+def update(accelerator: Any, model: Any, optimizer: Any, roll: Rollout, config: PPOArgs, *,
+           kl_coef: float) -> dict[str, torch.Tensor]:
+    """Steps 3-5: per-token rewards, whitened GAE advantages, then PPO epochs over shuffled minibatches.
 
-    size = roll["responses"].shape[0]
-    minibatch = size // config.num_mini_batches
-    length = roll["responses"].shape[1]
-    totals: dict[str, float] = {}
-    count = 0
+    Returns this process's statistics: the rollout's, and the losses averaged over its minibatches.
+    """
+    rewards, kl = per_token_rewards(roll.scores, roll.logprobs, roll.ref_logprobs, roll.mask, kl_coef=kl_coef)
+    advantages, returns = compute_gae(rewards, roll.values, roll.mask, gamma=config.gamma, lam=config.lam)
+    advantages = masked_whiten(advantages, roll.mask)
+    size, length = roll.responses.shape
+    losses: dict[str, list[torch.Tensor]] = {}
     for _ in range(config.num_ppo_epochs):
         order = torch.randperm(size)  # the global RNG is seeded per step
-        for start in range(0, size, minibatch):
-            idx = order[start:start + minibatch]
-            mask = roll["mask"][idx]
-            logits, values = model(roll["sequences"][idx], roll["attention"][idx], length)
+        for idx in order.split(size // config.num_mini_batches):
+            mask = roll.mask[idx]
+            logits, values = model(roll.sequences[idx], roll.attention[idx], length)
             # One log-softmax over the vocabulary serves the ratio and the entropy (it is the memory peak).
             log_probs = torch.log_softmax(logits.float() / config.temperature, dim=-1)
-            new_logprobs = log_probs.gather(-1, roll["responses"][idx].unsqueeze(-1)).squeeze(-1)
-            pg_loss, clipfrac, approx_kl = policy_loss(new_logprobs, roll["logprobs"][idx], advantages[idx],
-                                                       mask, clip_range=config.cliprange)
-            vf_loss, vf_clipfrac = value_loss(values, roll["values"][idx], returns[idx], mask,
+            new_logprobs = log_probs.gather(-1, roll.responses[idx].unsqueeze(-1)).squeeze(-1)
+            pg_loss, clipfrac, approx_kl = policy_loss(new_logprobs, roll.logprobs[idx], advantages[idx], mask,
+                                                       clip_range=config.cliprange)
+            vf_loss, vf_clipfrac = value_loss(values, roll.values[idx], returns[idx], mask,
                                               clip_range_value=config.cliprange_value)
             with torch.set_grad_enabled(config.ent_coef != 0):  # no graph for a bonus that is off
                 entropy = masked_mean(entropy_of(log_probs), mask)
@@ -342,17 +304,75 @@ def ppo_update(accelerator: Any, model: Any, optimizer: Any, roll: dict[str, Any
             for name, value in (("policy_loss", pg_loss), ("value_loss", vf_loss), ("entropy", entropy),
                                 ("clipfrac", clipfrac), ("approx_kl", approx_kl),
                                 ("value_clipfrac", vf_clipfrac), ("loss", loss)):
-                totals[name] = totals.get(name, 0.0) + float(value.detach())
-            count += 1
-    return {name: torch.tensor(value / count) for name, value in totals.items()}
+                losses.setdefault(name, []).append(value.detach())
+    return {"reward": roll.scores.mean(), "kl": kl.sum(1).mean(), "non_score_reward": (-kl_coef * kl).sum(1).mean(),
+            "response_length": roll.mask.sum(1).mean(), "value_mean": masked_mean(roll.values, roll.mask),
+            **{f"reward/{k}": torch.tensor(v).mean() for k, v in roll.reward_parts.items()},
+            **{name: torch.stack(values).mean() for name, values in losses.items()}}
 
 
-def eos_token_ids(tokenizer: Any, model: Any) -> list[int]:
-    """Every token id that ends a response: the generation config's and the tokenizer's."""
-    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    ids = configured if isinstance(configured, list) else [configured]
-    ids = [*ids, tokenizer.eos_token_id]
-    return sorted({int(i) for i in ids if i is not None})
+def train(config: PPOArgs, task: Task, reward: CombinedReward) -> None:
+    """Load, evaluate the base, loop over steps 1-6 with checkpoints, then evaluate, write the card, --push."""
+    out = output_dir(config, "ppo")
+    accelerator = rl_utils.make_accelerator(config, out, name="ppo")
+    set_seed(config.seed)
+    resume_from = rl_utils.find_checkpoint(config.resume, out) if config.resume else None
+    data = load_prompt_data(config, task)
+    prompts: list[str] = list(data.train["prompt"])
+    loaded = rl_utils.load_causal_lm(config.model, method="ppo")
+    tokenizer = loaded.tokenizer
+    tokenizer.padding_side, tokenizer.truncation_side = "left", "left"
+    training = policy_run(config, method="ppo", task=task, loaded=loaded, data=data, out=out, curve_keys=CURVES,
+                          reward_fn=evaluation_reward(config) or reward)  # the reward is reported before/after
+    evaluate_before(training)
+
+    lora = lora_config(config, task_type="CAUSAL_LM")
+    lora.lora_dropout = 0.0  # the PPO ratio must compare one and the same network
+    model = PolicyWithValue(get_peft_model(loaded.model, lora))
+    model.policy.peft_config["default"].base_model_name_or_path = loaded.base_id
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.learning_rate)
+    kl_ctl = AdaptiveKLController(config.init_kl_coef, config.kl_target or None, config.kl_horizon)
+    history: list[dict[str, Any]] = []
+    start = rl_utils.load_checkpoint(resume_from, model, optimizer, kl_ctl, history) if resume_from else 0
+    model, optimizer = accelerator.prepare(model, optimizer)
+    model.eval()  # no dropout anywhere; gradients flow all the same
+    if accelerator.is_main_process:
+        rl_utils.reset_metrics_log(out, history)  # a resumed run's log restarts from its checkpoint
+
+    rank, local_batch = accelerator.process_index, config.per_device_train_batch_size
+    global_batch = local_batch * accelerator.num_processes
+    batcher = PromptBatcher(len(prompts), global_batch, seed=config.seed)
+    total = config.max_steps if config.max_steps > 0 else \
+        max(1, math.ceil(config.num_train_epochs * len(prompts) / global_batch))
+    bar = tqdm(total=total, initial=start, desc="ppo", unit="step", disable=not accelerator.is_main_process)
+    for step in range(start, total):
+        began = time.perf_counter()
+        torch.manual_seed(config.seed + 1_000_003 * step + rank)  # reproducible rollouts, even on --resume
+        roll = rollout(accelerator, model, tokenizer, task, reward,
+                       [prompts[i] for i in batcher.indices(step, rank, local_batch)], config)
+        stats = update(accelerator, model, optimizer, roll, config, kl_coef=kl_ctl.value)
+        row = {"step": step + 1, "episodes": (step + 1) * global_batch,
+               **rl_utils.mean_over_processes(accelerator, stats), "kl_coef": kl_ctl.value,
+               "seconds": round(time.perf_counter() - began, 3)}
+        kl_ctl.update(row["kl"], global_batch)  # step 6, on the mean KL of every process
+        history.append(row)
+        rl_utils.log_step(accelerator, bar, out, row, every=config.logging_steps)
+        if (step + 1) % max(config.save_steps, 1) == 0 or step + 1 == total:
+            rl_utils.save_checkpoint(accelerator, model, optimizer, kl_ctl, history, out, step + 1,
+                                     keep=config.save_total_limit)
+    bar.close()
+
+    # The adapter (LoRA only: the value head stays in the checkpoints), evaluation after, card, --push.
+    training.evaluator.loaded, policy = rl_utils.trained_policy(accelerator, model, loaded=loaded,
+                                                                model_ref=config.model, lora=lora)
+    finish(training, model=policy, log_history=history)
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+
+
+def main(config: PPOArgs) -> None:
+    task, reward = task_and_reward(config)  # every check, before any model loads
+    train(config, task, reward)
 
 
 if __name__ == "__main__":

@@ -11,25 +11,27 @@ saved with the adapter (`modules_to_save=["score"]`, in `adapter_model.safetenso
 margin with `--rating-margin`), plus a small pull of rewards towards 0 (`--center-rewards`) so
 RL trainers get rewards on a stable scale. Load the result with `serving.reward_models.load_reward_model`.
 
-Data (see `trainers/reward_data.py`): arena votes, tweet ratings turned into pairs of completions
+Data (see `trainers/rows.py`): arena votes, tweet ratings turned into pairs of completions
 of the same prompt, and `--seed-data` (HH-RLHF JSONL, the Kaggle arena CSV). Ties: by default
 (`--ties drop`) the neural model skips them, since a tie says nothing about which answer is
 better; `--ties both` adds a tie as two opposite pairs, whose summed loss -log s(d) - log s(-d)
 is smallest at r_a = r_b, so the model learns that the two answers are equally good. The
 TF-IDF baseline (`tasks/preference_baseline.py`) treats ties as a third class.
 
-Evaluation on held-out pairs (prompts never seen in training): P(a preferred) =
-sigmoid(r_a - r_b); accuracy and log loss over pairs with a winner (chance: 0.5 and 0.693).
-When the held-out pairs contain ties, a 3-way log loss uses the Rao-Kupper tie model
+Evaluation on held-out pairs (prompts never seen in training) goes through the same lifecycle
+as every trainer (`trainers.lifecycle`): before training, chance (a coin flip: accuracy 0.5,
+log loss 0.693) and the TF-IDF baseline fitted on the training pairs; after training, the reward
+model, with P(a preferred) = sigmoid(r_a - r_b). Accuracy and log loss count pairs with a
+winner; when the held-out pairs contain ties, a 3-way log loss uses the Rao-Kupper tie model
 P(a) = s(d - t), P(b) = s(-d - t), P(tie) = 1 - P(a) - P(b), with t fitted on training pairs.
-`--push` refuses a model whose held-out accuracy is not above 0.5, unless `--force`.
+The reference to beat is chance, not the baseline (a small model trained for minutes on a CPU
+may still trail TF-IDF, see recipes/arena-reward.yaml): `--push` refuses a model whose held-out
+accuracy is not above 0.5, unless `--force`.
 """
 
 
-import json
 import logging
 import math
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,36 +39,29 @@ from typing import Any
 from hub.errors import FlywheelError
 from serving.reward_models import RewardModel, encode, load_reward_base
 from tasks import SLUGS, InvalidInput, get_task
-from trainers.common import (
-    CommonArgs,
-    cpu_safe_training_args,
-    is_main_process,
-    lora_config,
-    output_dir,
-    report_rank,
-    require_task,
-    run,
-    save_metrics,
-)
-from trainers.reward_data import Pair, PairData, collect_pairs
+from tasks.preference_baseline import PreferenceBaseline, preference_metrics
+from trainers.common import TrainerArgs, lora_config, output_dir, require_task, run, trl_args
+from trainers.eval_report import EvalReport, SampleResult
+from trainers.lifecycle import Outcome, TrainingRun, evaluate_before, train_and_finish
+from trainers.training_data import Pair, PairData, collect_pairs
 
 logger = logging.getLogger("flywheel.trainers")
 
 REWARD_TASKS = tuple(s for s in SLUGS if {"preference", "rating"} & set(get_task(s).feedback_kinds))
 """Tasks whose tabs collect votes or ratings (arena, tweet)."""
 TIE_MODES = ("drop", "both")
+LOADING = ("Load it with `serving.reward_models.load_reward_model(<repo or folder>)`: a callable "
+           "(prompts, completions) -> rewards; P(a preferred) = sigmoid(r_a - r_b).")
 
 
 @dataclass
-class RewardArgs(CommonArgs):
+class RewardArgs(TrainerArgs):
     """Options of `trainers/reward.py` (the common trainer options plus these)."""
 
     eval_limit: int = field(default=500, metadata={
-        "help": "Most held-out preference pairs scored after training (0: no evaluation)."})
+        "help": "Most held-out prompts whose preference pairs are scored after training (0: no evaluation)."})
     eval_fraction: float = field(default=0.2, metadata={
         "help": "Share of the prompts whose pairs are held out for evaluation (ignored with --eval-data)."})
-    min_rows: int = field(default=8, metadata={
-        "help": "Refuse to train on fewer preference pairs with a winner than this (after the split)."})
     use_feedback: bool = field(default=True, metadata={
         "help": "Read the feedback dataset (votes and ratings); --no-use-feedback: --seed-data only."})
     seed_limit: int = field(default=0, metadata={
@@ -86,8 +81,6 @@ class RewardArgs(CommonArgs):
         "help": "Weight of the mean-zero reward penalty (TRL center_rewards_coefficient; 0 turns it off)."})
     baseline: bool = field(default=True, metadata={
         "help": "Also fit the TF-IDF + logistic-regression baseline on the same split and report it."})
-    score_batch_size: int = field(default=8, metadata={
-        "help": "Sequences per forward pass when scoring pairs."})
 
 
 def check_options(config: RewardArgs) -> None:
@@ -101,33 +94,21 @@ def check_options(config: RewardArgs) -> None:
         raise InvalidInput("--rating-margin, --center-rewards and --lora-layers cannot be negative.")
 
 
-def main(config: RewardArgs) -> dict[str, Any] | None:
+def main(config: RewardArgs) -> Outcome | None:
     task = get_task(require_task(config, allowed=REWARD_TASKS))
     check_options(config)
-    started = time.monotonic()
     model, tokenizer, base_id = load_reward_base(config.model)
     data = collect_pairs(config, task)
     print(data.summary(), flush=True)
-    out = output_dir(config, "reward")
-    trainer = build_trainer(config, model, tokenizer, training_rows(data.train, tokenizer, config), out)
-    trainer.train()
-    report_rank(trainer, "reward")
-    if not is_main_process():
-        return None
-    model = trainer.model
-    model.peft_config["default"].base_model_name_or_path = base_id
-    model.save_pretrained(str(out), safe_serialization=True)
-    plot = save_metrics(trainer.state.log_history, out, keys=("loss", "accuracy", "margin"))
-    train_seconds = time.monotonic() - started
-    results = evaluate_pairs(config, data, RewardModel(model, tokenizer, max_length=config.max_length,
-                                                       batch_size=config.score_batch_size, base_id=base_id))
-    results["timing"] = {"load_and_train_seconds": round(train_seconds, 1),
-                         "total_seconds": round(time.monotonic() - started, 1)}
-    table = metrics_table(results)
-    print(table, flush=True)
-    (out / "eval_metrics.json").write_text(json.dumps(results, indent=2))
-    publish(config, task=task, base_id=base_id, data=data, results=results, table=table, out=out, plot=plot)
-    return results
+    training = TrainingRun(config=config, method="reward", task=task, base_model=base_id,
+                           out=output_dir(config, "reward"), sources=data.sources,
+                           evaluator=PairEvaluator(config=config, data=data, tokenizer=tokenizer, task=task.slug,
+                                                   base_id=base_id),
+                           pipeline_tag="text-classification", curve_keys=("loss", "accuracy", "margin"),
+                           notes=[LOADING])
+    evaluate_before(training)
+    rows = training_rows(data.train, tokenizer, config)
+    return train_and_finish(training, build_trainer(config, model, tokenizer, rows, training.out))
 
 
 def training_rows(pairs: list[Pair], tokenizer: Any, config: RewardArgs) -> list[dict[str, Any]]:
@@ -157,9 +138,8 @@ def build_trainer(config: RewardArgs, model: Any, tokenizer: Any, rows: list[dic
     from datasets import Dataset
     from trl import RewardConfig, RewardTrainer
 
-    args = RewardConfig(**cpu_safe_training_args(config, out), max_length=None, gradient_checkpointing=False,
-                        center_rewards_coefficient=config.center_rewards or None,
-                        ddp_find_unused_parameters=False)
+    args = RewardConfig(**trl_args(config, out, max_length=None,
+                                   center_rewards_coefficient=config.center_rewards or None))
     peft_config = lora_config(config, task_type="SEQ_CLS")
     peft_config.modules_to_save = ["score"]
     if config.lora_layers:
@@ -188,6 +168,76 @@ def top_block_linears(model: Any, blocks: int, wanted: str) -> list[str]:
     return targets
 
 
+@dataclass
+class PairEvaluator:
+    """The lifecycle's evaluator for a reward model: held-out preference pairs, chance to beat."""
+
+    config: RewardArgs
+    data: PairData
+    tokenizer: Any
+    task: str
+    base_id: str
+    main_metric: str = "accuracy"
+    higher_is_better: bool = True
+    reference: str = "chance"
+    unmeasured_hint: str = " (every held-out pair is a tie: give --eval-data with decided pairs)"
+
+    def before(self) -> EvalReport | None:
+        """Chance on the held-out pairs, with the TF-IDF baseline (fitted on the training pairs) beside it."""
+        test = self.data.test
+        if not test:
+            logger.warning("No held-out pairs: the reward model is not evaluated.")
+            return None
+        winners = [p["winner"] for p in test]
+        coin = [1 / 3, 1 / 3, 1 / 3] if "tie" in winners else [0.5, 0.5, 0.0]
+        report = self._report(preference_metrics([coin] * len(test), winners), model="chance", samples=[])
+        if self.config.baseline:
+            try:
+                baseline = PreferenceBaseline(seed=self.config.seed).fit(self.data.train)
+                report.baselines["TF-IDF + logistic regression"] = _rates(baseline.evaluate(test))
+            except ValueError as error:
+                logger.warning("TF-IDF baseline skipped: %s", error)
+        return report
+
+    def after(self, model: Any, adapter_dir: Path) -> EvalReport:
+        """The trained reward model (still in memory) on the held-out pairs."""
+        scorer = RewardModel(model, self.tokenizer, max_length=self.config.max_length,
+                             batch_size=self.config.eval_batch_size, base_id=self.base_id)
+        test, train = self.data.test, self.data.train
+        theta = 0.0
+        if any(p["winner"] == "tie" for p in test) and any(p["winner"] == "tie" for p in train):
+            sample = [train[i] for i in range(0, len(train), max(1, len(train) // 256))]
+            theta = fit_tie_theta(score_diffs(scorer, sample), [p["winner"] for p in sample])
+        diffs = score_diffs(scorer, test)
+        probs = pair_probs(diffs, theta)
+        samples = [_pair_sample(i, pair, diff, p_a) for i, (pair, diff, (p_a, _, _))
+                   in enumerate(zip(test, diffs, probs, strict=True))]
+        report = self._report(preference_metrics(probs, [p["winner"] for p in test]), model=self.base_id,
+                              samples=samples, adapter=str(adapter_dir))
+        report.info["tie_theta"] = theta
+        return report
+
+    def _report(self, metrics: dict[str, float], *, model: str, samples: list[SampleResult],
+                adapter: str | None = None) -> EvalReport:
+        return EvalReport(task=self.task, model=model, adapter=adapter, main_metric=self.main_metric,
+                          higher_is_better=self.higher_is_better, metrics=_rates(metrics), samples=samples,
+                          info={"held_out_pairs": len(self.data.test), "train_pairs": len(self.data.train),
+                                "decided_pairs": int(metrics["n"]), "ties": int(metrics["n_ties"])})
+
+
+def _pair_sample(index: int, pair: Pair, diff: float, p_a: float) -> SampleResult:
+    """One held-out pair as a report sample: the person's winner is the reference, the model's pick the output."""
+    return SampleResult(id=str(index), references=[pair["winner"]],
+                        inputs={key: pair[key] for key in ("prompt", "response_a", "response_b")},
+                        completion="a" if diff > 0 else "b" if diff < 0 else "tie",
+                        scores={"r_a_minus_r_b": round(diff, 6), "p_a": round(p_a, 6)})
+
+
+def _rates(metrics: dict[str, float]) -> dict[str, float]:
+    """`preference_metrics` without its pair counts (those go into the report's info)."""
+    return {name: value for name, value in metrics.items() if name not in ("n", "n_ties")}
+
+
 def _sigmoid(x: float) -> float:
     return 1 / (1 + math.exp(-x)) if x >= 0 else math.exp(x) / (1 + math.exp(x))
 
@@ -203,8 +253,6 @@ def pair_probs(diffs: list[float], theta: float = 0.0) -> list[list[float]]:
 
 def fit_tie_theta(diffs: list[float], winners: list[str]) -> float:
     """The theta >= 0 that minimises the 3-way log loss on training pairs (0 without ties)."""
-    from tasks.preference_baseline import preference_metrics
-
     if "tie" not in winners:
         return 0.0
     grid = [i * 0.05 for i in range(1, 121)]
@@ -216,94 +264,6 @@ def score_diffs(scorer: RewardModel, pairs: list[Pair]) -> list[float]:
     rewards_a = scorer(prompts, [p["response_a"] for p in pairs])
     rewards_b = scorer(prompts, [p["response_b"] for p in pairs])
     return [a - b for a, b in zip(rewards_a, rewards_b, strict=True)]
-
-
-def evaluate_pairs(config: RewardArgs, data: PairData, scorer: RewardModel) -> dict[str, Any]:
-    """Held-out metrics of chance, the TF-IDF baseline and the reward model (see the module docstring)."""
-    from tasks.preference_baseline import PreferenceBaseline, preference_metrics
-
-    test = data.test
-    results: dict[str, Any] = {"held_out_pairs": len(test), "train_pairs": len(data.train), "models": {}}
-    if not test:
-        logger.warning("No held-out pairs: the reward model is not evaluated.")
-        return results
-    winners = [p["winner"] for p in test]
-    ties = "tie" in winners
-    coin = [1 / 3, 1 / 3, 1 / 3] if ties else [0.5, 0.5, 0.0]
-    results["models"]["chance"] = preference_metrics([coin] * len(test), winners)
-    if config.baseline:
-        try:
-            baseline = PreferenceBaseline(seed=config.seed).fit(data.train)
-            results["models"]["tfidf_logreg"] = baseline.evaluate(test)
-        except ValueError as error:
-            logger.warning("TF-IDF baseline skipped: %s", error)
-    theta = 0.0
-    if ties and any(p["winner"] == "tie" for p in data.train):
-        sample = [data.train[i] for i in range(0, len(data.train), max(1, len(data.train) // 256))]
-        theta = fit_tie_theta(score_diffs(scorer, sample), [p["winner"] for p in sample])
-    diffs = score_diffs(scorer, test)
-    results["models"]["reward_model"] = {**preference_metrics(pair_probs(diffs, theta), winners),
-                                         "tie_theta": theta}
-    return results
-
-
-_LABELS = {"chance": "chance", "tfidf_logreg": "TF-IDF + logistic regression",
-           "reward_model": "LoRA reward model"}
-
-
-def metrics_table(results: dict[str, Any]) -> str:
-    """A Markdown table of the held-out metrics (printed, and put into the model card)."""
-    models = results.get("models") or {}
-    if not models:
-        return "(no held-out pairs: nothing evaluated)"
-    three_way = any("log_loss_3way" in m for m in models.values())
-    head = "| model | pairs | accuracy | log loss |"
-    head += " 3-way accuracy | 3-way log loss |" if three_way else ""
-    lines = [head, "|---" * (head.count("|") - 1) + "|"]
-    for name, m in models.items():
-        cells = [_LABELS.get(name, name), f"{int(m.get('n', 0))}", _fmt(m.get("accuracy")),
-                 _fmt(m.get("log_loss"))]
-        if three_way:
-            cells += [_fmt(m.get("accuracy_3way")), _fmt(m.get("log_loss_3way"))]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def _fmt(value: Any) -> str:
-    return f"{value:.4f}" if isinstance(value, (int, float)) else "-"
-
-
-def publish(config: RewardArgs, *, task: Any, base_id: str, data: PairData, results: dict[str, Any],
-            table: str, out: Path, plot: Path) -> None:
-    """Write the model card; with --push publish the reward model unless it is no better than chance."""
-    from hub.publish import AdapterCard, default_repo, push_adapter, write_card
-    from trainers.lifecycle import recipe_of
-
-    metrics = (results.get("models") or {}).get("reward_model")
-    accuracy = metrics.get("accuracy") if metrics else None
-    better = isinstance(accuracy, float) and accuracy > 0.5
-    verdict = (f"Held-out accuracy {accuracy:.4f} over {int(metrics['n'])} pairs (chance 0.5)."
-               if isinstance(accuracy, float) else "The reward model was not evaluated (no held-out pairs).")
-    notes = [verdict, "Load it with `serving.reward_models.load_reward_model(<repo or folder>)`: a callable "
-             "(prompts, completions) -> rewards; P(a preferred) = sigmoid(r_a - r_b)."]
-    if config.push and not better and config.force:
-        notes.append("Published with --force although it is not shown to beat chance.")
-    card = AdapterCard(base_model=base_id, task=task.slug, method="reward", datasets=data.sources,
-                       recipe=recipe_of(config), evaluation_table=table,
-                       metrics_before=(results.get("models") or {}).get("chance"), metrics_after=metrics,
-                       main_metric="accuracy", plot=plot.name, notes=notes,
-                       pipeline_tag="text-classification")
-    write_card(out, card)
-    if not config.push:
-        print(f"Reward model saved in {out} (not pushed; add --push to publish).", flush=True)
-        return
-    if not better and not config.force:
-        raise FlywheelError(f"Not pushing: {verdict} It must beat chance; the model is saved in {out}. "
-                            "Pass --force to push it anyway.")
-    repo = config.hub_repo or default_repo(task.slug, "reward")
-    pushed = push_adapter(out, repo=repo, card=card, private=config.private,
-                          commit_message=f"Flywheel reward model for {task.slug}")
-    print(f"Pushed reward model to {pushed.repo} (revision {pushed.revision[:12]}): {pushed.url}", flush=True)
 
 
 if __name__ == "__main__":

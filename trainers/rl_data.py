@@ -2,7 +2,7 @@
 
 Prompts are the inputs of the task's feedback records plus `--seed-data` examples (for `detox`,
 RealToxicityPrompts files such as ../shared/data/toxicity/rtp_prompts_toxic.jsonl), read by
-`trainers.data.build_training_data("prompts", ...)`, which also holds out evaluation examples.
+`trainers.training_data.load_prompt_data`, which also holds out evaluation examples.
 
 Two renderings of one prompt:
 
@@ -20,13 +20,6 @@ import random
 from typing import Any
 
 from tasks import Task
-
-
-def load_prompt_data(config: Any, task: Task) -> Any:
-    """`trainers.data.TrainingData` whose `train` column `prompt` holds plain-text prompts."""
-    from trainers.data import build_from_config
-
-    return build_from_config(config, "prompts", task=task, chat=False)
 
 
 def messages_for(task: Task, text_prompt: str) -> list[dict[str, str]]:

@@ -9,30 +9,19 @@ seq2seq models (Flan-T5) train with transformers' `Seq2SeqTrainer`. The base mod
 before and after on held-out examples; `--push` publishes the adapter only if it scores better.
 """
 
-
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from serving.models import LoadedModel, load_model
 from tasks import SLUGS, get_task
-from trainers.common import (
-    cpu_safe_training_args,
-    lora_config,
-    output_dir,
-    report_rank,
-    require_task,
-    run,
-)
-from trainers.data import TrainingData, build_from_config, fit_length
-from trainers.lifecycle import TrainerArgs, evaluate_before, evaluation_reward, finish
+from trainers.common import PolicyArgs, lora_config, require_task, run, trl_args
+from trainers.lifecycle import Outcome, Policy, evaluate_before, prepare_policy, train_and_finish
 
 SFT_TASKS = tuple(slug for slug in SLUGS if slug != "arena")
 """Arena feedback is votes between two answers: train it with DPO (or a reward model) instead."""
 
 
 @dataclass
-class SFTArgs(TrainerArgs):
+class SFTArgs(PolicyArgs):
     """Options of `trainers/sft.py` (the common trainer options plus these)."""
 
     max_target_length: int = field(default=128, metadata={
@@ -41,42 +30,27 @@ class SFTArgs(TrainerArgs):
         "help": "Causal LMs: compute the loss on the completion only, not on the prompt."})
 
 
-def main(config: SFTArgs) -> None:
+def main(config: SFTArgs) -> Outcome | None:
     task = get_task(require_task(config, allowed=SFT_TASKS))
-    loaded = load_model(config.model)
-    chat = loaded.has_chat_template and not loaded.is_seq2seq
-    data = build_from_config(config, "sft", task=task, chat=chat)
-    if not loaded.is_seq2seq:  # long prompts would leave no room for the completion the loss is on
-        data = fit_length(data, loaded.tokenizer, max_length=config.max_length, min_rows=config.min_rows)
-    out = output_dir(config, "sft")
-    reward_fn = evaluation_reward(config)
-    before = evaluate_before(config, loaded=loaded, task=task, examples=data.eval_examples,
-                             reward_fn=reward_fn)
-    trainer = _seq2seq_trainer(config, loaded, data, out) if loaded.is_seq2seq else \
-        _causal_trainer(config, loaded, data, out)
-    trainer.train()
-    report_rank(trainer, "sft")
-    finish(config, method="sft", task=task, loaded=loaded, model=trainer.model,
-           log_history=trainer.state.log_history, data=data, before=before, out=out, reward_fn=reward_fn,
-           pipeline_tag="text2text-generation" if loaded.is_seq2seq else "text-generation")
+    policy = prepare_policy(config, method="sft", task=task, seq2seq=True)
+    evaluate_before(policy.training)
+    trainer = seq2seq_trainer(config, policy) if policy.loaded.is_seq2seq else causal_trainer(config, policy)
+    return train_and_finish(policy.training, trainer)
 
 
-def _causal_trainer(config: SFTArgs, loaded: LoadedModel, data: TrainingData, out: Path) -> Any:
+def causal_trainer(config: SFTArgs, policy: Policy) -> Any:
     from trl import SFTConfig, SFTTrainer
 
-    args = SFTConfig(**cpu_safe_training_args(config, out), max_length=config.max_length,
-                     completion_only_loss=config.completion_only_loss, packing=False,
-                     gradient_checkpointing=False, ddp_find_unused_parameters=False)
-    return SFTTrainer(model=loaded.model, args=args, train_dataset=data.train,
-                      processing_class=loaded.tokenizer,
-                      peft_config=lora_config(config, task_type="CAUSAL_LM"))
+    args = SFTConfig(**trl_args(config, policy.training.out, max_length=config.max_length, packing=False,
+                                completion_only_loss=config.completion_only_loss))
+    return SFTTrainer(args=args, **policy.trainer_inputs())
 
 
-def _seq2seq_trainer(config: SFTArgs, loaded: LoadedModel, data: TrainingData, out: Path) -> Any:
+def seq2seq_trainer(config: SFTArgs, policy: Policy) -> Any:
     from peft import get_peft_model
     from transformers import DataCollatorForSeq2Seq, Seq2SeqTrainer, Seq2SeqTrainingArguments, set_seed
 
-    tokenizer = loaded.tokenizer
+    tokenizer = policy.loaded.tokenizer
 
     def tokenize(batch: dict[str, list[str]]) -> dict[str, Any]:
         encoded = tokenizer(batch["prompt"], truncation=True, max_length=config.max_length)
@@ -85,10 +59,11 @@ def _seq2seq_trainer(config: SFTArgs, loaded: LoadedModel, data: TrainingData, o
         encoded["labels"] = targets["input_ids"]
         return encoded
 
-    train = data.train.map(tokenize, batched=True, remove_columns=data.train.column_names)
+    rows = policy.data.train
+    train = rows.map(tokenize, batched=True, remove_columns=rows.column_names)
     set_seed(config.seed)  # LoRA weights are initialised randomly: make that reproducible.
-    model = get_peft_model(loaded.model, lora_config(config, task_type="SEQ_2_SEQ_LM"))
-    args = Seq2SeqTrainingArguments(**cpu_safe_training_args(config, out), ddp_find_unused_parameters=False)
+    model = get_peft_model(policy.loaded.model, lora_config(config, task_type="SEQ_2_SEQ_LM"))
+    args = Seq2SeqTrainingArguments(**trl_args(config, policy.training.out))
     collator = DataCollatorForSeq2Seq(tokenizer, model=model, label_pad_token_id=-100)
     return Seq2SeqTrainer(model=model, args=args, train_dataset=train, data_collator=collator,
                           processing_class=tokenizer)

@@ -27,11 +27,10 @@ from gradio import FlaggingCallback
 
 from hub.errors import FlywheelError
 from hub.feedback.records import InvalidRecord, build_record
-from hub.feedback.store import FEEDBACK_REPO_ENV, FeedbackStore, feedback_repo_from_env
+from hub.feedback.store import FeedbackStore
 from tasks import get_task
 
-__all__ = ["FEEDBACK_REPO_ENV", "FeedbackCallback", "FeedbackStore", "InvalidRecord", "build_record",
-           "feedback_repo_from_env"]
+__all__ = ["FeedbackCallback", "FeedbackStore", "InvalidRecord", "build_record"]
 
 
 class FeedbackCallback(FeedbackStore, FlaggingCallback):

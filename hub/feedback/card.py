@@ -33,7 +33,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from hub.feedback.records import GENERATION_KEYS, MODEL_KEYS
+from hub.feedback.records import GENERATION_KEYS, MODEL_KEYS, SCHEMA_VERSION, SIDES
 from tasks import SLUGS, get_task
 
 CARD_LICENSE = "apache-2.0"
@@ -50,7 +50,8 @@ Each task is a config, `datasets.load_dataset("<this repo or folder>", "<task>")
 default config `all` holds every task's rows.
 
 Rows are appended to `data/<task>/<YYYY-MM-DD>/<writer-uuid>.jsonl` (one file per app
-process), one JSON object per line, schema 1:
+process), one JSON object per line, schema {schema} (rows of older schemas read back with the
+newer fields null, and `source` `person`):
 
 | field | meaning |
 |---|---|
@@ -64,8 +65,12 @@ process), one JSON object per line, schema 1:
 | `edited` | the person's corrected output |
 | `model`, `generation` | base model, adapter and revision; sampling settings |
 | `session` | a salted hash of the browser session, or null |
+| `user` | a salted hash of the Hugging Face username of a signed-in person, or null |
+| `source` | `person`; `guard` (an output a guard withheld) and `simulated` (benchmark raters) are reserved |
+| `sides` | arena votes: base model, adapter and revision behind answers `A` and `B` |
 
-Fields that do not apply to a kind are null. No names, accounts or tokens are stored.
+Fields that do not apply to a kind are null. Model and settings are those the app served (it
+signs each output and accepts feedback only on signed ones). No names, accounts or tokens are stored.
 """
 
 
@@ -85,7 +90,8 @@ def columns(task: str) -> dict[str, Any]:
         "chosen": "string", "rejected": "string", "tie": "bool", "edited": "string",
         "model": dict.fromkeys(MODEL_KEYS, "string"),
         "generation": {key: "int64" if kind is int else "float64" for key, kind in GENERATION_KEYS.items()},
-        "session": "string",
+        "session": "string", "user": "string", "source": "string",
+        "sides": {side: dict.fromkeys(MODEL_KEYS, "string") for side in SIDES},
     }
 
 
@@ -132,7 +138,7 @@ def card_text() -> str:
         "dataset_info": [{"config_name": name, "features": yaml_features(name)}
                          for name in (ALL, *SLUGS)],
     }
-    return f"---\n{yaml.safe_dump(metadata, sort_keys=False)}---\n\n{_BODY}"
+    return f"---\n{yaml.safe_dump(metadata, sort_keys=False)}---\n\n{_BODY.format(schema=SCHEMA_VERSION)}"
 
 
 def _files(pattern: str) -> list[dict[str, str]]:

@@ -1,4 +1,5 @@
-"""`python -m hub feedback stats`: how much feedback a folder or a Hub repo holds, per task and kind.
+"""`python -m hub feedback stats`: how much feedback a folder or a Hub repo holds, per task and kind,
+and how this machine's sync of it to the Hub is doing (last push, rows waiting, last error).
 
 Example:
     >>> import tempfile
@@ -9,9 +10,12 @@ Example:
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from hub.feedback.loading import FeedbackCounts, feedback_counts
 from hub.feedback.records import KINDS
+from hub.feedback.sync_state import SyncState
+from hub.paths import feedback_home
 from tasks import SLUGS, get_task
 
 
@@ -21,7 +25,8 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
                                      description="Inspect the feedback dataset (local folder or Hub repo).")
     actions = feedback.add_subparsers(dest="feedback_command", required=True, metavar="stats")
     stats = actions.add_parser("stats", help="Count feedback rows per task and kind.",
-                               description="Count valid, deduplicated feedback rows per task and kind.")
+                               description="Count valid, deduplicated feedback rows per task and kind, and "
+                                           "show the health of this machine's sync to the Hub.")
     stats.add_argument("--repo", metavar="REPO_OR_FOLDER",
                        help="Hub dataset repo id or local folder (default: the local feedback home).")
     stats.add_argument("--revision", help="Hub revision (branch, tag or commit) to read.")
@@ -30,9 +35,19 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def run_stats(args: argparse.Namespace) -> int:
-    """Print the table; errors propagate to `hub.cli.main`, which prints one line and returns 2."""
-    print(render_counts(feedback_counts(args.repo, revision=args.revision)))
+    """Print the table, then a sync health line per Hub repo; errors propagate to `hub.cli.main`,
+    which prints one line and returns 2."""
+    counts = feedback_counts(args.repo, revision=args.revision)
+    # A folder: every repo it syncs to. A Hub repo: how this machine's feedback home syncs to it.
+    folder, repo_id = (Path(counts.source), None) if Path(counts.source).is_dir() else (feedback_home(), counts.source)
+    print("\n".join([render_counts(counts), *sync_health_lines(folder, repo_id=repo_id)]))
     return 0
+
+
+def sync_health_lines(folder: Path, *, repo_id: str | None = None) -> list[str]:
+    """One line per Hub repo that `folder` syncs to (only `repo_id`'s, if given); none if it never did."""
+    return [f"Hub sync of {folder} to {state.health().describe()}" for state in SyncState.all_in(folder)
+            if repo_id in (None, state.repo_id)]
 
 
 def render_counts(counts: FeedbackCounts) -> str:

@@ -1,4 +1,4 @@
-"""Feedback for trainers: one task's rows from a Hub repo or a local folder, and the views TRL takes.
+"""Reading feedback: one task's records from a Hub repo or a local folder, and counts per task and kind.
 
 `load_feedback` reads the JSONL files itself rather than through `datasets.load_dataset`,
 because a single malformed line (a crashed writer, a hand edit) must cost that line, not
@@ -6,9 +6,7 @@ the whole dataset: malformed rows are skipped and counted in one warning, rows a
 deduplicated by `id` and sorted by time. Hub repos are fetched with `snapshot_download`
 at one commit, whose sha is the revision that model cards cite.
 
-The views return conversational datasets (lists of `{role, content}` messages) in the
-shapes TRL 1.16 takes: `messages` (SFT), `prompt/chosen/rejected` (DPO, reward model),
-`prompt/completion/label` (KTO) and `prompt/completion/reward` (ratings).
+Which record becomes which training row is decided in one place, `trainers.rows`.
 
 Example:
     >>> import tempfile
@@ -21,8 +19,8 @@ Example:
     >>> snapshot = load_feedback_snapshot(folder, task="detox")
     >>> len(snapshot.dataset), snapshot.revision.startswith("local-")
     (1, True)
-    >>> kto_view(snapshot.dataset)[0]["label"], sft_view(snapshot.dataset)[0]["messages"][-1]["role"]
-    (True, 'assistant')
+    >>> snapshot.dataset[0]["label"], snapshot.dataset[0]["prompt"][-1]["role"]
+    ('fine', 'user')
 """
 
 from __future__ import annotations
@@ -37,7 +35,7 @@ from typing import Any
 
 from hub.errors import FlywheelError, first_line
 from hub.feedback.card import record_features
-from hub.feedback.records import KINDS, NO_WINNER, InvalidRecord, validate_record
+from hub.feedback.records import KINDS, InvalidRecord, validate_record
 from hub.paths import feedback_home
 from tasks import SLUGS, get_task
 
@@ -107,75 +105,6 @@ def feedback_counts(source: str | Path | None = None, *, revision: str | None = 
     counts = {slug: Counter(row["kind"] for row in scan.rows[slug]) for slug in SLUGS}
     return FeedbackCounts(counts=counts, source=label, skipped=scan.skipped,
                           revision=_revision(label, hub_revision, scan.digest, revision))
-
-
-# -- views ------------------------------------------------------------------------------------
-
-
-def sft_view(dataset: Any) -> Any:
-    """`messages` = prompt + the better answer: edits (the corrected text) and good flags."""
-    from datasets import Features
-
-    rows = []
-    for row in dataset:
-        if row["kind"] == "edit":
-            answer = row["edited"]
-        elif row["kind"] == "flag" and row["label"] in get_task(row["task"]).good_flags:
-            answer = row["completion"]
-        else:
-            continue
-        rows.append({"messages": _messages(row["prompt"]) + _assistant(answer)})
-    return _dataset(rows, Features({"messages": _MESSAGES()}))
-
-
-def preference_view(dataset: Any) -> Any:
-    """`prompt` (messages), `chosen` and `rejected` (one assistant message each) from arena votes.
-
-    Ties and both-bad votes name no winner and are left out.
-    """
-    from datasets import Features
-
-    rows = [{"prompt": _messages(row["prompt"]), "chosen": _assistant(row["chosen"]),
-             "rejected": _assistant(row["rejected"])}
-            for row in dataset
-            if row["kind"] == "preference" and not row["tie"] and row["label"] not in NO_WINNER]
-    return _dataset(rows, Features({"prompt": _MESSAGES(), "chosen": _MESSAGES(), "rejected": _MESSAGES()}))
-
-
-def kto_view(dataset: Any) -> Any:
-    """`prompt`, `completion` and `label` (True for the task's good flags) from flags."""
-    from datasets import Features, Value
-
-    rows = [{"prompt": _messages(row["prompt"]), "completion": _assistant(row["completion"]),
-             "label": row["label"] in get_task(row["task"]).good_flags}
-            for row in dataset if row["kind"] == "flag"]
-    return _dataset(rows, Features({"prompt": _MESSAGES(), "completion": _MESSAGES(),
-                                    "label": Value("bool")}))
-
-
-def reward_view(dataset: Any) -> Any:
-    """`prompt`, `completion` and `reward` (weighted ratings in [0, 1]) from ratings."""
-    from datasets import Features, Value
-
-    rows = [{"prompt": _messages(row["prompt"]), "completion": _assistant(row["completion"]),
-             "reward": float(row["reward"])}
-            for row in dataset if row["kind"] == "rating" and row["reward"] is not None]
-    return _dataset(rows, Features({"prompt": _MESSAGES(), "completion": _MESSAGES(),
-                                    "reward": Value("float64")}))
-
-
-def _MESSAGES() -> Any:  # noqa: N802 - reads as the type it builds
-    from datasets import List, Value
-
-    return List({"role": Value("string"), "content": Value("string")})
-
-
-def _messages(prompt: list[dict[str, str]]) -> list[dict[str, str]]:
-    return [{"role": m["role"], "content": m["content"]} for m in prompt]
-
-
-def _assistant(text: str) -> list[dict[str, str]]:
-    return [{"role": "assistant", "content": text}]
 
 
 def _dataset(rows: list[dict[str, Any]], features: Any) -> Any:

@@ -5,6 +5,11 @@ field that does not apply to that kind is null. `build_record` fills `id`, `sche
 `created_at`; `validate_record` checks a record read back from a file (the loader uses it to
 skip malformed rows). Both return a normalised copy and never modify their input.
 
+Schema 2 added three optional fields: `user` (a salted hash of a signed-in username),
+`source` (`person`; `guard` and `simulated` are reserved for outputs a guard withheld and
+benchmark raters) and `sides` (an arena vote's model/adapter/revision of answers A and B).
+Schema-1 rows stay readable: they read back with `user` and `sides` null and `source` `person`.
+
 Example:
     >>> from hub.feedback.records import build_record
     >>> record = build_record(task="tweet", kind="rating", inputs={"prompt": "Advice for founders"},
@@ -17,25 +22,30 @@ Example:
 from __future__ import annotations
 
 import json
-import math
 import uuid
 from datetime import UTC, datetime
 from typing import Any
 
 from tasks import InvalidInput, Task, get_task
+from tasks.generation import GENERATION_LIMITS
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+SCHEMA_VERSIONS = (1, 2)
+"""Versions still readable; new records are written as `SCHEMA_VERSION`."""
 KINDS = ("flag", "rating", "preference", "edit")
 FIELDS = ("id", "schema", "created_at", "task", "kind", "inputs", "prompt", "completion", "label",
-          "ratings", "reward", "chosen", "rejected", "tie", "edited", "model", "generation", "session")
+          "ratings", "reward", "chosen", "rejected", "tie", "edited", "model", "generation", "session",
+          "user", "source", "sides")
 PREFERENCE_LABELS = ("A", "B", "tie", "both-bad")
-"""Arena votes; "tie" and "both-bad" name no winner, so preference views skip them."""
+"""Arena votes; "tie" and "both-bad" name no winner (training counts them as ties)."""
 NO_WINNER = ("tie", "both-bad")
 ROLES = ("system", "user", "assistant")
 MODEL_KEYS = ("base", "adapter", "revision")
-GENERATION_KEYS: dict[str, type] = {"temperature": float, "top_k": int, "top_p": float,
-                                    "repetition_penalty": float, "max_new_tokens": int, "seed": int}
+GENERATION_KEYS: dict[str, type] = {name: limit.kind for name, limit in GENERATION_LIMITS.items()}
 """The settings of `serving.engine.GenerationSettings`; fixed so every row has the same columns."""
+SOURCES = ("person", "guard", "simulated")
+"""Who produced a record: a person (the default); `guard` and `simulated` are reserved."""
+SIDES = ("A", "B")
 
 MAX_TEXT_CHARS = 20_000
 """Longest completion, edit, chosen or rejected text."""
@@ -63,8 +73,10 @@ def build_record(*, task: str, kind: str, inputs: dict[str, Any], prompt: list[d
                  ratings: dict[str, int] | None = None, reward: float | None = None,
                  chosen: str | None = None, rejected: str | None = None, tie: bool | None = None,
                  edited: str | None = None, model: dict[str, str | None] | None = None,
-                 generation: dict[str, Any] | None = None, session: str | None = None) -> dict[str, Any]:
-    """A new, validated record with a fresh uuid4 `id`, `schema` 1 and `created_at` now (UTC).
+                 generation: dict[str, Any] | None = None, session: str | None = None,
+                 user: str | None = None, source: str = "person",
+                 sides: dict[str, dict[str, str | None]] | None = None) -> dict[str, Any]:
+    """A new, validated record with a fresh uuid4 `id`, `schema` 2 and `created_at` now (UTC).
 
     `prompt` defaults to the task's chat messages for `inputs`; a rating's `reward` defaults
     to `Task.reward_from_ratings`. Raises `InvalidRecord` naming the first bad field.
@@ -77,7 +89,8 @@ def build_record(*, task: str, kind: str, inputs: dict[str, Any], prompt: list[d
     record = {"id": str(uuid.uuid4()), "schema": SCHEMA_VERSION, "created_at": utc_now(), "task": task,
               "kind": kind, "inputs": inputs, "prompt": prompt, "completion": completion, "label": label,
               "ratings": ratings, "reward": reward, "chosen": chosen, "rejected": rejected, "tie": tie,
-              "edited": edited, "model": model, "generation": generation, "session": session}
+              "edited": edited, "model": model, "generation": generation, "session": session,
+              "user": user, "source": source, "sides": sides}
     return validate_record(record)
 
 
@@ -98,8 +111,10 @@ def validate_record(record: Any) -> dict[str, Any]:
     unknown = sorted(set(record) - set(FIELDS))
     if unknown:
         raise InvalidRecord(f"Unknown feedback field(s): {', '.join(map(str, unknown))}.")
-    if record.get("schema") != SCHEMA_VERSION or isinstance(record.get("schema"), bool):
-        raise InvalidRecord(f"Feedback schema must be {SCHEMA_VERSION} (got {record.get('schema')!r}).")
+    schema = record.get("schema")
+    if schema not in SCHEMA_VERSIONS or isinstance(schema, bool):
+        versions = " or ".join(map(str, SCHEMA_VERSIONS))
+        raise InvalidRecord(f"Feedback schema must be {versions} (got {schema!r}).")
     task = _task(record.get("task"))
     kind = _kind(task, record.get("kind"))
     for name in _KIND_FIELDS:
@@ -107,7 +122,7 @@ def validate_record(record: Any) -> dict[str, Any]:
             raise InvalidRecord(f"{name} does not apply to {kind} feedback; leave it null.")
     out: dict[str, Any] = {
         "id": _uuid(record.get("id")),
-        "schema": SCHEMA_VERSION,
+        "schema": schema,
         "created_at": _timestamp(record.get("created_at")),
         "task": task.slug,
         "kind": kind,
@@ -119,6 +134,9 @@ def validate_record(record: Any) -> dict[str, Any]:
     out["model"] = _model(record.get("model"))
     out["generation"] = _generation(record.get("generation"))
     out["session"] = _short("session", record.get("session"))
+    out["user"] = _short("user", record.get("user"))
+    out["source"] = _source(record.get("source"))
+    out["sides"] = _sides(kind, record.get("sides"))
     return {name: out[name] for name in FIELDS}
 
 
@@ -266,10 +284,12 @@ def _prompt(prompt: Any, task: Task, inputs: dict[str, str]) -> list[dict[str, s
 def _text(name: str, value: Any, *, required: bool) -> str | None:
     if value is None and not required:
         return None
-    if not isinstance(value, str) or not value.strip():
+    if not isinstance(value, str):
         raise InvalidRecord(f"{name} must be non-empty text.")
-    if len(value) > MAX_TEXT_CHARS:
+    if len(value) > MAX_TEXT_CHARS:  # before any per-character work
         raise InvalidRecord(f"{name} is too long ({len(value)} characters; the limit is {MAX_TEXT_CHARS}).")
+    if not value.strip():
+        raise InvalidRecord(f"{name} must be non-empty text.")
     return value
 
 
@@ -290,17 +310,36 @@ def _model(model: Any) -> dict[str, str | None] | None:
 
 
 def _generation(generation: Any) -> dict[str, Any] | None:
+    """The settings within `tasks.generation.GENERATION_LIMITS` (absent ones are null)."""
     if generation is None:
         return None
     if not isinstance(generation, dict) or set(generation) - set(GENERATION_KEYS):
         raise InvalidRecord(f"generation must be an object with keys among {', '.join(GENERATION_KEYS)}.")
     out: dict[str, Any] = {}
-    for key, kind in GENERATION_KEYS.items():
+    for key, limit in GENERATION_LIMITS.items():
         value = generation.get(key)
         if value is not None:
-            if (isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value)
-                    or kind is int and value != int(value)):
-                raise InvalidRecord(f"generation.{key} must be a {'whole ' if kind is int else ''}number.")
-            value = kind(value)
+            problem = limit.problem(value)
+            if problem:
+                raise InvalidRecord(f"generation.{key} {problem}.")
+            value = limit.kind(value)
         out[key] = value
     return out
+
+
+def _source(source: Any) -> str:
+    if source is None:
+        return SOURCES[0]
+    if source not in SOURCES:
+        raise InvalidRecord(f"source must be one of {', '.join(SOURCES)} (got {source!r}).")
+    return source
+
+
+def _sides(kind: str, sides: Any) -> dict[str, dict[str, str | None] | None] | None:
+    if sides is None:
+        return None
+    if kind != "preference":
+        raise InvalidRecord(f"sides does not apply to {kind} feedback; leave it null.")
+    if not isinstance(sides, dict) or set(sides) - set(SIDES):
+        raise InvalidRecord("sides must be an object with keys among A, B.")
+    return {side: _model(sides.get(side)) for side in SIDES}

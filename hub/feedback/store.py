@@ -1,12 +1,15 @@
 """The feedback store: validated records appended to a local JSONL dataset, optionally synced to the Hub.
 
 `FeedbackStore.log()` validates a record (see `hub.feedback.records`), appends it to
-`<folder>/data/<task>/<YYYY-MM-DD>/<writer-uuid>.jsonl` and fsyncs it before returning, so
-an accepted row survives a crash of the app. Each process writes its own file, so any
-number of threads and processes can share one folder. With `repo_id`, a background
-`HubSync` commits the folder to a private Hub dataset repo every `every` minutes; the Hub
-being slow or down never delays or breaks `log()`. `hub.feedback.callback.FeedbackCallback` is this
-store as a Gradio `FlaggingCallback`; this module itself does not import Gradio.
+`<folder>/data/<task>/<YYYY-MM-DD>/<writer-uuid>.jsonl` and fsyncs it (and, for a new file,
+the directories naming it) before returning, so an accepted row survives a crash of the
+machine. Each process writes its own file, so any number of threads and processes can share
+one folder. With `repo_id`, a background `HubSync` commits the folder to a private Hub
+dataset repo every `every` minutes; the Hub being slow or down never delays or breaks
+`log()`. `close()` (which the apps call on SIGTERM) refuses further rows and pushes the rest;
+`health()` reports where rows are kept and how the Hub sync is doing.
+`hub.feedback.callback.FeedbackCallback` is this store as a Gradio `FlaggingCallback`; this
+module itself does not import Gradio.
 
 Example:
     >>> import tempfile
@@ -82,6 +85,7 @@ class FeedbackStore:
         self._salt = secrets.token_bytes(32)
         self._setup_lock = threading.Lock()
         self._ready = False
+        self._closed = False
         self.sync: HubSync | None = None
         self.count = 0
         """Records this store has written."""
@@ -109,19 +113,25 @@ class FeedbackStore:
             completion: str | None = None, label: str | None = None, ratings: dict[str, int] | None = None,
             reward: float | None = None, chosen: str | None = None, rejected: str | None = None,
             tie: bool | None = None, edited: str | None = None, model: dict[str, str | None] | None = None,
-            generation: dict[str, Any] | None = None, session: str | None = None) -> dict[str, Any]:
+            generation: dict[str, Any] | None = None, session: str | None = None, user: str | None = None,
+            source: str = "person", sides: dict[str, Any] | None = None) -> dict[str, Any]:
         """Validate, append and fsync one record; return it once it is on disk.
 
         Takes the keywords of `hub.feedback.records.build_record`. Raises `InvalidRecord` for a
-        bad record and `FlywheelError` if the disk refuses it; either way it was not stored.
+        bad record and `FlywheelError` if the disk refuses it or the store is closed; either way
+        it was not stored.
         """
         record = build_record(task=task, kind=kind, inputs=inputs, prompt=prompt, completion=completion,
                               label=label, ratings=ratings, reward=reward, chosen=chosen, rejected=rejected,
-                              tie=tie, edited=edited, model=model, generation=generation, session=session)
+                              tie=tie, edited=edited, model=model, generation=generation, session=session,
+                              user=user, source=source, sides=sides)
         line = encode_record(record)
         self._ensure_ready()
         relative = f"data/{record['task']}/{record['created_at'][:10]}"
         with self._lock:
+            if self._closed:
+                # Whatever close() pushed must include every row acknowledged to someone.
+                raise FlywheelError("Feedback is no longer accepted: the app is shutting down.")
             try:
                 fd = self._file(relative)
                 view = memoryview(line)
@@ -159,14 +169,31 @@ class FeedbackStore:
         self._ensure_ready()
         return True if self.sync is None else self.sync.push(timeout=timeout)
 
+    def health(self) -> dict[str, Any]:
+        """Where rows are kept and, with `repo_id`, the Hub sync's health (for a status panel).
+
+        `sync` holds `last_push` (UTC), `rows_waiting` and `last_error` (token masked); see
+        `hub.feedback.sync_state.SyncHealth`. It is None until `setup()` or the first row.
+        """
+        sync = self.sync.health().as_dict() if self.sync is not None else None
+        return {"folder": str(self.folder), "repo": self.repo_id, "rows_written": self.count, "sync": sync}
+
     def close(self, *, push: bool = True, timeout: float = 30.0) -> None:
-        """Close this process's files and stop Hub sync (after one last push, if `push`)."""
-        if self.sync is not None:
-            self.sync.close(push=push, timeout=timeout)
+        """Refuse further rows, close this process's files and stop Hub sync (after one last push, if `push`).
+
+        Rows left unpushed (Hub down, token refused, `timeout` reached) stay in the folder and
+        go up with the next push from any process syncing this folder to the same repo.
+        """
         with self._lock:
+            self._closed = True
             for fd in self._files.values():
                 os.close(fd)
             self._files.clear()
+        if self.sync is not None and not self.sync.close(push=push, timeout=timeout):
+            health = self.sync.health()
+            logger.warning("Feedback sync to %s stopped with %d row(s) not pushed (%s); they stay in %s and "
+                           "are pushed by the next run.", self.repo_id, health.rows_waiting,
+                           health.last_error or "timed out", self.folder)
 
     def __enter__(self) -> FeedbackStore:
         self.setup()
@@ -208,11 +235,22 @@ class FeedbackStore:
         for old in [key for key in self._files if key.startswith(task_dir + "/")]:
             os.close(self._files.pop(old))  # a new day: yesterday's file is done
         directory = self.folder / relative
-        directory.mkdir(parents=True, exist_ok=True)
+        _make_dirs_durably(directory)
         fd = os.open(directory / f"{self._writer_id}.jsonl", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         _fsync_dir(directory)  # the new file's name must survive a crash as well as its rows
         self._files[relative] = fd
         return fd
+
+
+def _make_dirs_durably(directory: Path) -> None:
+    """`mkdir -p`, fsyncing the parent of each directory it creates so that its name survives a crash."""
+    missing = []
+    while not directory.is_dir():
+        missing.append(directory)
+        directory = directory.parent
+    for created in reversed(missing):
+        created.mkdir(exist_ok=True)
+        _fsync_dir(created.parent)
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -223,7 +261,7 @@ def _fsync_dir(directory: Path) -> None:
     try:
         os.fsync(fd)
     except OSError:
-        pass
+        pass  # some filesystems cannot fsync a directory; the row itself was fsynced
     finally:
         os.close(fd)
 

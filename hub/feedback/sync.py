@@ -4,9 +4,11 @@
 delays uploads) and then runs a `FeedbackScheduler`: huggingface_hub's `CommitScheduler`
 with these changes, which make it safe for append-only JSONL written by several processes:
 
-- What was pushed is kept in `<folder>/.flywheel-sync/<repo>.json` (size per file), so a
-  restart, even after `kill -9`, pushes exactly the rows that had not reached the Hub yet;
-  the stock scheduler keeps this in memory and re-uploads everything after a restart.
+- What was pushed is kept in `<folder>/.flywheel-sync/` (size per file; see
+  `hub.feedback.sync_state`), so a restart, even after `kill -9`, pushes exactly the rows that
+  had not reached the Hub yet; the stock scheduler keeps this in memory and re-uploads
+  everything after a restart. A repo deleted (and maybe created again) is recognised by its
+  creation time: it is recreated if needed and gets every row again.
 - A push holds a file lock, so app processes sharing one folder never push stale copies
   over each other, and each uploads a file only up to its last complete line.
 - Failures (5xx, timeouts, refused connections) are logged once, without the token, and
@@ -14,6 +16,8 @@ with these changes, which make it safe for append-only JSONL written by several 
   cannot stall uploads forever, and every commit names its parent, so a timed-out commit
   that the Hub applies late cannot overwrite newer rows.
 - At most one push waits behind the running one, so a long outage cannot pile up pushes.
+- Sync health (last push, rows waiting, last error) is kept on disk for the status panel and
+  `python -m hub feedback stats`; `close()` tries a last connection and push at once.
 
 Example:
     >>> sync = HubSync(folder=Path("feedback"), repo_id="me/flywheel-feedback", every=5)  # doctest: +SKIP
@@ -27,41 +31,28 @@ Example:
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import logging
-import os
 import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import Future
 from contextvars import ContextVar
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from filelock import FileLock, Timeout
 from huggingface_hub import CommitOperationAdd, CommitScheduler, HfApi, get_token
 from huggingface_hub._commit_scheduler import PartialFileIO
+from huggingface_hub.errors import RepositoryNotFoundError
 
+from hub.feedback.sync_state import PushRecord, SyncHealth, SyncState
 from tasks.base import first_line
 
 logger = logging.getLogger(__name__)
 
-STATE_DIR = ".flywheel-sync"
-"""Inside the feedback folder; never uploaded (it only says what was uploaded where)."""
 DEFAULT_REQUEST_TIMEOUT = 60.0
 """Seconds any one Hub request of an upload may take (connect, send or wait for the answer)."""
 _TIMEOUT: ContextVar[float | None] = ContextVar("flywheel_hub_timeout", default=None)
-
-
-@dataclass(frozen=True)
-class _Pending:
-    path: Path
-    path_in_repo: str
-    size: int
-    mtime_ns: int
-    rows: int
 
 
 class FeedbackScheduler(CommitScheduler):
@@ -76,10 +67,9 @@ class FeedbackScheduler(CommitScheduler):
                  hf_api: HfApi | None = None) -> None:
         api = hf_api or HfApi(token=token)
         folder = Path(folder_path).expanduser().resolve()
-        key = hashlib.sha256(f"{api.endpoint}|{repo_id}".encode()).hexdigest()[:16]
-        self._state_path = folder / STATE_DIR / f"{key}.json"
-        self._lock_path = folder / STATE_DIR / f"{key}.lock"
+        self.state = SyncState(folder=folder, endpoint=api.endpoint, repo_id=repo_id)
         self._secret = token or api.token or get_token()
+        self._private = private
         self._stopped = False
         self._trigger_lock = threading.Lock()
         self._queued: Future | None = None
@@ -121,72 +111,67 @@ class FeedbackScheduler(CommitScheduler):
             else:
                 logger.debug("Feedback upload to %s failed again: %s", self.repo_id, message)
             self.last_error = message
+            self.state.record_error(message)
             return None
         if self.last_error is not None:
             logger.info("Feedback uploads to %s work again.", self.repo_id)
         self.last_error = None
+        self.state.record_push(committed=info is not None)
         return info
 
     def push_to_hub(self) -> Any:
-        """Commit every row not yet on the Hub (one commit), or do nothing if there is none."""
+        """Commit every row the repo does not hold (one commit), or do nothing if there is none."""
         with self.lock:
-            self._state_path.parent.mkdir(parents=True, exist_ok=True)
-            lock = FileLock(self._lock_path)
+            self.state.lock_path.parent.mkdir(parents=True, exist_ok=True)
+            lock = FileLock(self.state.lock_path)
             try:
                 lock.acquire(timeout=max(300.0, 5 * self.request_timeout))
             except Timeout:
                 raise TimeoutError("another process has held the feedback push lock for minutes") from None
             try:
-                return self._push_locked()
+                with bounded_http(self.request_timeout):
+                    return self._push_locked()
             finally:
                 lock.release()
 
     def _push_locked(self) -> Any:
-        state = self._load_state()
-        pending = list(self._pending(state))
+        record = self.state.load()
+        info = self._repo_info()
+        created = info.created_at.isoformat() if info.created_at is not None else None
+        if record.repo_created_at is not None and created is not None and created != record.repo_created_at:
+            logger.warning("Feedback repo %s was deleted and created again; uploading every row to it again.",
+                           self.repo_id)
+            record = PushRecord()
+        known = record.repo_created_at
+        record.repo_created_at = created or known
+        pending = list(self.state.pending(record))
         if not pending:
+            if record.repo_created_at != known:
+                self.state.save(record)
             return None
         rows = sum(item.rows for item in pending)
         operations = [CommitOperationAdd(path_or_fileobj=PartialFileIO(item.path, size_limit=item.size),
                                          path_in_repo=item.path_in_repo) for item in pending]
-        with bounded_http(self.request_timeout):
-            # A commit that timed out here may still land on the Hub later; pinning the parent
-            # makes such a late, shorter copy of a file fail (412) instead of overwriting a newer one.
-            head = self.api.repo_info(self.repo_id, repo_type="dataset", revision=self.revision).sha
-            info = self.api.create_commit(
-                repo_id=self.repo_id, repo_type="dataset", revision=self.revision, operations=operations,
-                commit_message=f"Add {rows} feedback row{'s' if rows != 1 else ''}", parent_commit=head)
+        # A commit that timed out here may still land on the Hub later; pinning the parent
+        # makes such a late, shorter copy of a file fail (412) instead of overwriting a newer one.
+        commit = self.api.create_commit(
+            repo_id=self.repo_id, repo_type="dataset", revision=self.revision, operations=operations,
+            commit_message=f"Add {rows} feedback row{'s' if rows != 1 else ''}", parent_commit=info.sha)
         for item in pending:
-            state[item.path_in_repo] = [item.size, item.mtime_ns]
-        self._save_state(state)
+            record.files[item.path_in_repo] = [item.size, item.mtime_ns]
+        self.state.save(record)
         self.commits += 1
         self.rows_pushed += rows
-        return info
+        return commit
 
-    def _pending(self, state: dict[str, list[int]]) -> Iterator[_Pending]:
-        card = self.folder_path / "README.md"
-        if card.is_file():
-            stat = card.stat()
-            if state.get("README.md") != [stat.st_size, stat.st_mtime_ns]:
-                yield _Pending(card, "README.md", stat.st_size, stat.st_mtime_ns, 0)
-        for path in sorted(self.folder_path.glob("data/*/*/*.jsonl")):
-            rel = path.relative_to(self.folder_path).as_posix()
-            done = state.get(rel, [0, 0])[0]
-            size = complete_prefix(path)
-            if size > done:
-                yield _Pending(path, rel, size, 0, count_lines(path, start=done, end=size))
-
-    def _load_state(self) -> dict[str, list[int]]:
+    def _repo_info(self) -> Any:
+        """The repo's info; a repo deleted since the app started is created again first."""
         try:
-            data = json.loads(self._state_path.read_text(encoding="utf-8"))
-            return {str(k): [int(v[0]), int(v[1])] for k, v in data["files"].items()}
-        except (OSError, ValueError, KeyError, TypeError, IndexError):
-            return {}  # unreadable or absent: uploading everything again is safe, just slower
-
-    def _save_state(self, state: dict[str, list[int]]) -> None:
-        tmp = self._state_path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({"repo_id": self.repo_id, "files": state}), encoding="utf-8")
-        os.replace(tmp, self._state_path)
+            return self.api.repo_info(self.repo_id, repo_type="dataset", revision=self.revision)
+        except RepositoryNotFoundError:
+            logger.warning("Feedback repo %s is gone; creating it again.", self.repo_id)
+            self.api.create_repo(self.repo_id, repo_type="dataset", private=self._private, exist_ok=True)
+            return self.api.repo_info(self.repo_id, repo_type="dataset", revision=self.revision)
 
 
 class HubSync:
@@ -202,10 +187,17 @@ class HubSync:
         self.folder = Path(folder)
         self.repo_id = repo_id
         self.every = every
+        api = HfApi(token=token)
+        self.state = SyncState(folder=self.folder, endpoint=api.endpoint, repo_id=repo_id)
         self._kwargs = {"repo_id": repo_id, "folder_path": self.folder, "every": every, "private": private,
-                        "token": token, "request_timeout": request_timeout or DEFAULT_REQUEST_TIMEOUT}
+                        "token": token, "request_timeout": request_timeout or DEFAULT_REQUEST_TIMEOUT,
+                        "hf_api": api}
         self._secret = token or get_token()
         self._stop = threading.Event()
+        self._closing = threading.Event()
+        self._wake = threading.Event()
+        self._attempted = threading.Condition()
+        self._attempts = 0
         self._lock = threading.Lock()
         self.scheduler: FeedbackScheduler | None = None
         self.last_error: str | None = None
@@ -216,6 +208,11 @@ class HubSync:
     def connected(self) -> bool:
         """True once the repo exists and the scheduler runs."""
         return self.scheduler is not None
+
+    def health(self) -> SyncHealth:
+        """Last push, rows waiting and last error (token masked) of this folder's sync to `repo_id`."""
+        scheduler = self.scheduler
+        return self.state.health(last_error=scheduler.last_error if scheduler is not None else self.last_error)
 
     def _connect(self) -> None:
         delay = 1.0
@@ -228,7 +225,12 @@ class HubSync:
                     logger.warning("Feedback repo %s is unreachable (%s); rows stay in %s and will be "
                                    "uploaded when it answers.", self.repo_id, message, self.folder)
                 self.last_error = message
-                self._stop.wait(delay)
+                self.state.record_error(message)
+                self._attempt_finished()
+                if self._closing.is_set():
+                    return  # that was the last attempt `close()` asked for
+                self._wake.wait(delay)  # `push()` and `close()` cut the wait short
+                self._wake.clear()
                 delay = min(delay * 2, max(self.every * 60, 0.05))
                 continue
             with self._lock:
@@ -239,13 +241,30 @@ class HubSync:
             if self.last_error is not None:
                 logger.info("Feedback repo %s is reachable again.", self.repo_id)
             self.last_error = None
+            self._attempt_finished()
             return
 
+    def _attempt_finished(self) -> None:
+        with self._attempted:
+            self._attempts += 1
+            self._attempted.notify_all()
+
+    def _connect_now(self, timeout: float | None) -> FeedbackScheduler | None:
+        """The scheduler, after one more connection attempt (at once, not after the backoff) if needed."""
+        with self._attempted:
+            if self.scheduler is None and self._thread.is_alive():
+                seen = self._attempts
+                self._wake.set()
+                self._attempted.wait_for(lambda: self._attempts > seen or not self._thread.is_alive(), timeout)
+        return self.scheduler
+
     def push(self, *, timeout: float | None = None) -> bool:
-        """Push now and wait; True when that push succeeded (or there was nothing to push)."""
+        """Push now and wait; True when that push succeeded (or there was nothing to push).
+
+        Not connected yet, it first makes one connection attempt at once.
+        """
         deadline = None if timeout is None else time.monotonic() + timeout
-        self._thread.join(timeout)
-        scheduler = self.scheduler
+        scheduler = self._connect_now(timeout)
         if scheduler is None:
             return False
         remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
@@ -256,42 +275,21 @@ class HubSync:
         return scheduler.last_error is None
 
     def close(self, *, push: bool = True, timeout: float = 30.0) -> bool:
-        """Stop uploading; with `push`, first try one last push for up to `timeout` seconds."""
-        ok = self.push(timeout=timeout) if push and self.scheduler is not None else not push
+        """Stop uploading; with `push`, first try one last push for up to `timeout` seconds.
+
+        A sync still waiting to reach the Hub makes one last attempt at once instead of
+        after its backoff. Returns whether everything reached the repo (True without `push`).
+        """
+        if not push:
+            self._stop.set()
+        self._closing.set()
+        ok = self.push(timeout=timeout) if push else True
         with self._lock:
             self._stop.set()
+            self._wake.set()
             if self.scheduler is not None:
                 self.scheduler.stop()
         return ok
-
-
-def complete_prefix(path: Path, size: int | None = None) -> int:
-    """Bytes of `path` up to and including its last newline (a row still being written is left out)."""
-    with open(path, "rb") as handle:
-        end = os.fstat(handle.fileno()).st_size if size is None else size
-        while end > 0:
-            start = max(0, end - (1 << 16))
-            handle.seek(start)
-            cut = handle.read(end - start).rfind(b"\n")
-            if cut >= 0:
-                return start + cut + 1
-            end = start
-    return 0
-
-
-def count_lines(path: Path, *, start: int, end: int) -> int:
-    """Newlines between byte offsets `start` and `end`."""
-    count = 0
-    with open(path, "rb") as handle:
-        handle.seek(start)
-        remaining = end - start
-        while remaining > 0:
-            chunk = handle.read(min(remaining, 1 << 20))
-            if not chunk:
-                break
-            count += chunk.count(b"\n")
-            remaining -= len(chunk)
-    return count
 
 
 def describe_error(error: BaseException, *, secret: str | None = None) -> str:
