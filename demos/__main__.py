@@ -3,6 +3,7 @@
 Examples:
     python -m demos                                   # bundled SmolLM2, no account, no network
     python -m demos --model HuggingFaceTB/SmolLM2-360M-Instruct
+    python -m demos --backend openai=http://gpu-box:8000  # generation and LoRAs on a vLLM server
     python -m demos --adapter tweet=me/flywheel-tweet-ppo --feedback-repo me/flywheel-feedback
     python -m demos --require-login --limit generation=30/hour --limit feedback-per-ip=off
     python -m demos --list-tasks
@@ -26,7 +27,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m demos", description=__doc__.split("\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=os.environ.get("FLYWHEEL_MODEL", "bundled"),
-                        help="Base model: `bundled` (default), a Hub id or a local folder.")
+                        help="Base model: `bundled` (default), a Hub id or a local folder. With --backend "
+                             "openai=URL: the model the server serves (default: the only one it lists).")
+    parser.add_argument("--backend", default=os.environ.get("FLYWHEEL_BACKEND", "local"),
+                        metavar="local|openai=URL",
+                        help="Where answers are generated: `local` (this process, default) or an OpenAI-compatible "
+                             "server such as vLLM, e.g. openai=http://127.0.0.1:8000 (see the README, "
+                             "\"Past one machine\").")
+    parser.add_argument("--lora-source", default=os.environ.get("FLYWHEEL_LORA_SOURCE") or None,
+                        metavar="cache|hub",
+                        help="With --backend openai=URL, where the server reads adapters: `cache` (default) sends "
+                             "the path of the checked copy under FLYWHEEL_CACHE, which the server must be able to "
+                             "read; `hub` sends the Hub repo id and the server downloads its newest commit.")
     parser.add_argument("--adapter", action="append", default=[], metavar="SLUG=REF[@REV]",
                         help="LoRA adapter for a tab (Hub repo id or folder); REPO@REV pins a Hub revision "
                              "(commit, tag or branch). Repeatable.")
@@ -52,7 +64,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="Override a quota: NAME is generation, generation-per-ip, feedback or "
                              "feedback-per-ip; N/WINDOW like 60/hour, or off. Repeatable. Defaults: "
                              "120/hour per person and 360/hour per IP for generation, twice that for feedback.")
-    parser.add_argument("--queue-size", type=int, default=64,
+    parser.add_argument("--queue-size", type=int, default=None,
                         help="Requests waiting in the queue at most; more are refused (default 64).")
     parser.add_argument("--proxy-hops", type=int, default=0,
                         help="Proxies in front of the app that append to X-Forwarded-For (default 0).")
@@ -72,14 +84,15 @@ def access_from_args(args: argparse.Namespace) -> Access:
     from hub.feedback.tickets import secret_key
     from tasks import InvalidInput
 
-    if args.queue_size < 1 or args.proxy_hops < 0:
+    queue_size = Access.queue_size if args.queue_size is None else args.queue_size
+    if queue_size < 1 or args.proxy_hops < 0:
         raise InvalidInput("--queue-size must be at least 1 and --proxy-hops at least 0.")
     problem = login_problem() if args.require_login else None
     if problem:
         raise InvalidInput(f"--require-login: {problem}")
     secret_key()  # now, so a bad FLYWHEEL_SECRET is one error line before the model loads
     return Access(limits=Limits.parse(args.limit), require_login=args.require_login,
-                  proxy_hops=args.proxy_hops, queue_size=args.queue_size)
+                  proxy_hops=args.proxy_hops, queue_size=queue_size)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -93,14 +106,13 @@ def main(argv: list[str] | None = None) -> int:
     from hub.errors import FlywheelError
     from hub.feedback.callback import FeedbackCallback
     from hub.repos import parse_adapter_specs
-    from serving.engine import Engine
-    from serving.models import load_model
+    from serving.backends import open_backend
     from tasks import InvalidInput
 
     try:
         access = access_from_args(args)
         adapters = parse_adapter_specs(args.adapter, arena_sides=(args.arena_a, args.arena_b))
-        engine = Engine(load_model(args.model, dtype=args.dtype))
+        engine = open_backend(args.backend, model=args.model, dtype=args.dtype, lora_source=args.lora_source)
         for key, spec in adapters.items():
             engine.load_adapter(key, spec.ref, revision=spec.revision)
         feedback = FeedbackCallback(repo_id=args.feedback_repo, every=args.feedback_every,

@@ -16,7 +16,8 @@ from demos.handlers import ARENA_VOTES, ArenaSides, Suite, refusal
 from demos.quotas import Access, Quotas, Visitor, visitor_from
 from demos.settings import SettingsPanel, build_settings_panel
 from hub.feedback.records import MAX_TEXT_CHARS
-from serving.engine import Engine, GenerationSettings
+from serving.backends import GenerationBackend
+from serving.engine import GenerationSettings
 from tasks import TASKS, Task
 
 PRIVATE = {"api_visibility": "private"}
@@ -52,15 +53,16 @@ def login_problem() -> str | None:
     return None
 
 
-def build_app(engine: Engine, *, feedback: Any | None = None, arena: ArenaSides = ArenaSides(),
+def build_app(engine: GenerationBackend, *, feedback: Any | None = None, arena: ArenaSides = ArenaSides(),
               defaults: GenerationSettings = GenerationSettings(), title: str = "Flywheel",
               concurrency_limit: int = 4, header: str | None = None, access: Access = Access()) -> gr.Blocks:
-    """Build the seven-tab app around one engine.
+    """Build the seven-tab app around one generation backend (a local `Engine` or an `OpenAIBackend`).
 
     `access` sets the quotas, Hugging Face sign-in and the queue length. Every generate
     endpoint shares one concurrency group of `concurrency_limit` (they share one model).
 
     Example:
+        >>> from serving.engine import Engine
         >>> from serving.models import load_model
         >>> app = build_app(Engine(load_model()))              # doctest: +SKIP
         >>> app.launch(max_file_size=MAX_FILE_SIZE)            # doctest: +SKIP

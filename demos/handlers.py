@@ -35,7 +35,8 @@ from hub.feedback.tickets import (
     sign_ticket,
     verify_ticket,
 )
-from serving.engine import BASE_LABEL, Engine, GenerationSettings
+from serving.backends import GenerationBackend
+from serving.engine import BASE_LABEL, GenerationSettings
 from tasks import InvalidInput, Task, get_task
 
 logger = logging.getLogger(__name__)
@@ -77,7 +78,7 @@ class Suite:
         ticket_ttl: seconds an output stays open to feedback.
     """
 
-    def __init__(self, engine: Engine, *, feedback: Any | None = None,
+    def __init__(self, engine: GenerationBackend, *, feedback: Any | None = None,
                  arena: ArenaSides = ArenaSides(), toxicity: Any | None = None, quotas: Quotas | None = None,
                  require_login: bool = False, key: bytes | None = None, ticket_ttl: float = TICKET_TTL) -> None:
         self.engine = engine
@@ -149,23 +150,20 @@ class Suite:
             raise refusal(str(error)) from None
         return inputs, settings
 
-    @staticmethod
-    def _pin(served_by: dict[str, Any]) -> Any:
+    def _pin(self, served_by: dict[str, Any]) -> Any:
         """Make `served_by` name the adapter revision the request actually holds (hot swaps race)."""
         def update(info: Any) -> None:
-            served_by.update(adapter=info.ref if info else None, revision=info.revision if info else None,
-                             label=info.label if info else BASE_LABEL)
+            served_by.update(self._provenance(info))
         return update
 
     def _served_by(self, adapter: str | None, settings: GenerationSettings) -> dict[str, Any]:
         info = self.engine.adapters().get(adapter) if adapter else None
-        return {
-            "base": self.engine.loaded.base_id,
-            "adapter": info.ref if info else None,
-            "revision": info.revision if info else None,
-            "label": info.label if info else BASE_LABEL,
-            "generation": asdict(settings),
-        }
+        return {"base": self.engine.base_id, **self._provenance(info), "generation": asdict(settings)}
+
+    def _provenance(self, info: Any) -> dict[str, Any]:
+        """The adapter, revision and backend (e.g. the server and its LoRA name) that answer."""
+        return {"adapter": info.ref if info else None, "revision": info.revision if info else None,
+                "label": info.label if info else BASE_LABEL, "backend": self.engine.describe(info)}
 
     def _sign(self, task: Task, inputs: dict[str, str], text: str, served_by: dict[str, Any]) -> None:
         served_by["ticket"] = sign_ticket(key=self._key, task=task.slug, inputs=inputs, completion=text,
@@ -218,7 +216,7 @@ class Suite:
             raise refusal(f"Vote must be one of: {', '.join(ARENA_VOTES)}.")
         if not isinstance(served_by, dict):
             raise refusal(f"served-by must be the JSON object generate_arena returned, with sides A and B "
-                           f"(got {_JSON_TYPES.get(type(served_by), 'another value')}).")
+                          f"(got {_JSON_TYPES.get(type(served_by), 'another value')}).")
         tickets = {side: self._verify(task, inputs, served_by.get(side), answer, what=f"served-by {side}")
                    for side, answer in zip("AB", answers, strict=True)}
         a, b = answers
@@ -245,10 +243,10 @@ class Suite:
         """The ticket in `served_by`, checked against the output text and the inputs sent back."""
         if not isinstance(served_by, dict):
             raise refusal(f"{what} must be the JSON object generate_{task.slug} returned with the output "
-                           f"(got {_JSON_TYPES.get(type(served_by), 'another value')}).")
+                          f"(got {_JSON_TYPES.get(type(served_by), 'another value')}).")
         if not isinstance(completion, str) or len(completion) > MAX_TEXT_CHARS:  # before hashing it
             raise refusal(f"The output must be the text generate_{task.slug} returned "
-                           f"(at most {MAX_TEXT_CHARS} characters).")
+                          f"(at most {MAX_TEXT_CHARS} characters).")
         try:
             ticket = verify_ticket(served_by.get("ticket"), key=self._key, task=task.slug, inputs=inputs,
                                    completion=completion)
@@ -257,7 +255,7 @@ class Suite:
         for name, value in {**ticket.model, "generation": ticket.generation}.items():
             if name in served_by and served_by[name] != value:
                 raise refusal(f"{what} was changed after it was served ({name}); send it back exactly as "
-                               f"generate_{task.slug} returned it.")
+                              f"generate_{task.slug} returned it.")
         return ticket
 
     def _store(self, task: Task, values: list[Any], visitor: Visitor | None, tickets: list[Ticket], *,

@@ -20,7 +20,7 @@ from typing import NoReturn
 from hub.errors import FlywheelError
 from tasks import InvalidInput
 
-COMMAND_MODULES = ("hub.feedback.cli", "hub.space")
+COMMAND_MODULES = ("hub.feedback.cli", "hub.space", "hub.arena")
 
 
 class OneLineParser(argparse.ArgumentParser):

@@ -29,7 +29,11 @@ logger = logging.getLogger(__name__)
 
 CARD_FILE = "README.md"
 PLOT_FILE = "training_curves.png"
-PUBLISHED_PATTERNS = ("*.safetensors", "adapter_config.json", CARD_FILE, PLOT_FILE)
+LEDGER_FILE = "ledger.jsonl"
+"""One JSON line per training round of `trainers/loop.py` (see `hub.ledger`)."""
+LEDGER_PLOT = "ledger.png"
+"""The main metric of champion and challenger across rounds, shown in the card."""
+PUBLISHED_PATTERNS = ("*.safetensors", "adapter_config.json", CARD_FILE, PLOT_FILE, LEDGER_FILE, LEDGER_PLOT)
 """Glob patterns of the files `push_adapter` publishes (top level of the adapter folder only)."""
 
 
@@ -77,6 +81,8 @@ class AdapterCard:
     """File name of the training-curve plot inside the adapter folder (None: no plot)."""
     notes: list[str] = field(default_factory=list)
     """Extra sentences (e.g. "pushed with --force although it scores worse")."""
+    sections: dict[str, str] = field(default_factory=dict)
+    """Extra sections, title -> markdown (e.g. the rounds of `trainers/loop.py`), after the notes."""
     library_name: str = "peft"
     """The library that loads this repo."""
     pipeline_tag: str = "text-generation"
@@ -127,6 +133,8 @@ class AdapterCard:
         lines += [f"- {note}" for note in self.notes]
         if self.notes:
             lines.append("")
+        for title, body in self.sections.items():
+            lines += [f"## {title}", "", body.strip(), ""]
         if self.plot:
             lines += ["## Training curves", "", f"![training curves]({self.plot})", ""]
         if self.recipe:
@@ -198,9 +206,19 @@ def push_adapter(folder: str | Path, *, repo: str, card: AdapterCard | None = No
         write_card(source, card)
         files = _publishable(source)
     message = commit_message or f"Flywheel: upload {card.method if card else 'adapter'} adapter"
+    return publish_files(files, repo=repo, token=token, private=private, commit_message=message)
+
+
+def publish_files(files: list[Path], *, repo: str, token: str | None = None, private: bool = True,
+                  commit_message: str = "Flywheel: update") -> PushResult:
+    """Put `files` at the top level of `repo` (Hub model repo id or local folder) in one commit.
+
+    Raises:
+        FlywheelError: the Hub refused the upload.
+    """
     if is_local_ref(repo):
         return _push_local(files, Path(repo).expanduser().resolve())
-    return _push_hub(files, repo, token=token, private=private, message=message)
+    return _push_hub(files, repo, token=token, private=private, message=commit_message)
 
 
 def _publishable(folder: Path) -> list[Path]:

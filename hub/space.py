@@ -17,6 +17,8 @@ module reads the variables that configure it and uploads that layout.
 | `FLYWHEEL_LIMITS` | quotas: `name=N/WINDOW` pairs, see `demos.quotas` | the app's defaults |
 | `FLYWHEEL_QUEUE_SIZE` | requests waiting in the queue at most | 64 |
 | `FLYWHEEL_PROXY_HOPS` | proxies in front of the app appending to `X-Forwarded-For` | 1 on a Space, else 0 |
+| `FLYWHEEL_BACKEND` | where answers are generated: `local`, or `openai=URL` (e.g. a vLLM server) | `local` |
+| `FLYWHEEL_LORA_SOURCE` | with `openai=URL`, the server reads adapters from: `cache` (shared path), `hub` | `cache` |
 
 `HF_TOKEN` is a Space *secret* that you set yourself (Space settings -> Variables and
 secrets); deploy never uploads a token. So is `FLYWHEEL_SECRET`, the key that signs outputs
@@ -52,8 +54,9 @@ FEEDBACK_MINUTES, POLL_SECONDS, ARENA = "FLYWHEEL_FEEDBACK_MINUTES", "FLYWHEEL_P
 HUB_TIMEOUT, ADAPTER_MAX_MB = "FLYWHEEL_HUB_TIMEOUT", "FLYWHEEL_ADAPTER_MAX_MB"
 REQUIRE_LOGIN, LIMITS = "FLYWHEEL_REQUIRE_LOGIN", "FLYWHEEL_LIMITS"
 QUEUE_SIZE, PROXY_HOPS = "FLYWHEEL_QUEUE_SIZE", "FLYWHEEL_PROXY_HOPS"
+BACKEND, LORA_SOURCE = "FLYWHEEL_BACKEND", "FLYWHEEL_LORA_SOURCE"
 VARIABLES = (MODEL, ADAPTERS, FEEDBACK_REPO, FEEDBACK_MINUTES, POLL_SECONDS, ARENA, HUB_TIMEOUT, ADAPTER_MAX_MB,
-             REQUIRE_LOGIN, LIMITS, QUEUE_SIZE, PROXY_HOPS)
+             REQUIRE_LOGIN, LIMITS, QUEUE_SIZE, PROXY_HOPS, BACKEND, LORA_SOURCE)
 DESCRIPTIONS = {
     MODEL: "Base model (Hub id)",
     ADAPTERS: "slug=adapter repo pairs, comma separated; polled for new revisions unless pinned (repo@rev)",
@@ -67,6 +70,8 @@ DESCRIPTIONS = {
     LIMITS: "Quotas: name=N/WINDOW pairs (generation, generation-per-ip, feedback, feedback-per-ip)",
     QUEUE_SIZE: "Requests waiting in the queue at most",
     PROXY_HOPS: "Proxies in front of the app appending to X-Forwarded-For",
+    BACKEND: "Where answers are generated: local, or openai=URL (an OpenAI-compatible server such as vLLM)",
+    LORA_SOURCE: "With openai=URL, where the server reads adapters: cache (a path it shares) or hub (repo ids)",
 }
 SECRET_NOTE = ("Secret FLYWHEEL_SECRET: set it (32+ random characters) so the key that signs outputs for "
                "feedback survives restarts; without it a key is made per FLYWHEEL_HOME.")
@@ -94,9 +99,15 @@ class SpaceConfig:
     require_login: bool = False
     limits: str = ""
     """Quota overrides, `name=N/WINDOW` pairs; the app checks them (`demos.quotas.Limits.parse`)."""
-    queue_size: int = 64
+    queue_size: int | None = None
+    """None: the app's default."""
     proxy_hops: int | None = None
     """None: 1 on a Space (its proxy appends the client's address), else 0."""
+    backend: str | None = None
+    """`openai=URL` to generate on an OpenAI-compatible server (None: local); the app checks it
+    (`serving.backends.BackendSpec`)."""
+    lora_source: str | None = None
+    """With `openai=URL`: `cache` or `hub` (None: cache; see `serving.openai_backend`)."""
 
     def __post_init__(self) -> None:
         self.adapters = {key: AdapterSpec.of(spec) for key, spec in self.adapters.items()}
@@ -118,8 +129,9 @@ class SpaceConfig:
                                                  minimum=0.01) * MIB)))
         config.require_login = _flag(env, REQUIRE_LOGIN)
         config.limits = env.get(LIMITS) or ""
-        config.queue_size = int(_number(env, QUEUE_SIZE, 64, minimum=1))
+        config.queue_size = int(_number(env, QUEUE_SIZE, 1, minimum=1)) if env.get(QUEUE_SIZE) else None
         config.proxy_hops = int(_number(env, PROXY_HOPS, 0, minimum=0)) if env.get(PROXY_HOPS) else None
+        config.backend, config.lora_source = env.get(BACKEND) or None, env.get(LORA_SOURCE) or None
         return config
 
     def to_variables(self) -> dict[str, str]:
@@ -140,9 +152,14 @@ class SpaceConfig:
             variables[REQUIRE_LOGIN] = "true"
         if self.limits:
             variables[LIMITS] = self.limits
-        variables[QUEUE_SIZE] = str(self.queue_size)
+        if self.queue_size is not None:
+            variables[QUEUE_SIZE] = str(self.queue_size)
         if self.proxy_hops is not None:
             variables[PROXY_HOPS] = str(self.proxy_hops)
+        if self.backend:
+            variables[BACKEND] = self.backend
+        if self.lora_source:
+            variables[LORA_SOURCE] = self.lora_source
         return variables
 
 
@@ -329,6 +346,12 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser.add_argument("--limit", action="append", default=[], metavar="NAME=N/WINDOW",
                         help="A quota (generation, generation-per-ip, feedback, feedback-per-ip), e.g. "
                              "generation=60/hour or feedback-per-ip=off. Repeatable.")
+    parser.add_argument("--backend", metavar="openai=URL",
+                        help="Generate on an OpenAI-compatible server (vLLM) the Space can reach, instead of in "
+                             "the Space (sets FLYWHEEL_BACKEND).")
+    parser.add_argument("--lora-source", metavar="cache|hub",
+                        help="With --backend: where the server reads adapters (sets FLYWHEEL_LORA_SOURCE; a Space "
+                             "shares no disk with the server, so `hub`).")
     parser.add_argument("--private", action="store_true", help="Create the Space as private.")
     parser.add_argument("--dry-run", action="store_true",
                         help="List the files and variables, upload nothing.")
@@ -344,7 +367,7 @@ def run_deploy(args: argparse.Namespace) -> int:
     config = SpaceConfig(model=args.model, adapters=parse_adapter_specs(args.adapter, arena_sides=arena),
                          feedback_repo=args.feedback_repo, feedback_minutes=args.feedback_minutes,
                          poll_seconds=args.poll_seconds, arena=arena, require_login=args.require_login,
-                         limits=",".join(args.limit))
+                         limits=",".join(args.limit), backend=args.backend, lora_source=args.lora_source)
     plan = plan_deploy(args.repo, config, private=args.private)
     if args.dry_run:
         print("Dry run: nothing uploaded.\n" + plan.describe())

@@ -1,6 +1,7 @@
 """One base model in memory serving every tab: messages + settings -> a stream of text.
 
-Per-task LoRA adapters are loaded once into the same PEFT model and switched per request.
+Per-task LoRA adapters are loaded once into the same PEFT model. Concurrent requests are decoded
+together, each with its own settings and adapter (`serving.batching`).
 A newer revision of an adapter is loaded beside the old one and swapped in atomically;
 the old one is unloaded once no request still uses it. An adapter is checked from its files
 first (`serving.adapters`) and must give a short finite test answer; a refused one leaves the
@@ -13,14 +14,16 @@ import itertools
 import logging
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from hub.errors import FlywheelError
 from hub.repos import DEFAULT_LIMITS, HubLimits, resolve_adapter
 from serving.adapters import validate_adapter
+from serving.batching import Batcher, ModelLock, Request
 from serving.injection import add_adapter, remove_adapter
 from serving.models import LoadedModel
+from serving.slots import AdapterSlots, adapter_label
 from tasks import TASKS, Task
 from tasks.generation import check_generation_settings
 
@@ -70,12 +73,10 @@ class AdapterInfo:
     """Commit sha (Hub) or content hash (folder) of the loaded files."""
     peft_name: str
     """Unique name inside the PEFT model (one per loaded revision)."""
-    users: int = field(default=0, repr=False)
-    retired: bool = field(default=False, repr=False)
 
     @property
     def label(self) -> str:
-        return f"{self.ref}@{self.revision[:12]}"
+        return adapter_label(self.ref, self.revision)
 
 
 BASE_LABEL = "base model"
@@ -96,14 +97,25 @@ class Engine:
         ...     pass
     """
 
-    def __init__(self, loaded: LoadedModel) -> None:
+    def __init__(self, loaded: LoadedModel, *, max_batch: int = 16) -> None:
         self.loaded = loaded
         self._model = loaded.model
-        self._adapters: dict[str, AdapterInfo] = {}
+        self._slots: AdapterSlots[AdapterInfo] = AdapterSlots()
         self._names = itertools.count(1)
-        self._generate_lock = threading.Lock()
-        self._state_lock = threading.Lock()
+        # Held by the decode loop one step at a time; `with` it to change the model between two steps.
+        self._generate_lock = ModelLock()
+        self._batcher = Batcher(lambda: self._model, lock=self._generate_lock, max_batch=max_batch)
         self._load_lock = threading.Lock()
+
+    @property
+    def max_batch(self) -> int:
+        """How many requests are decoded together at most; more wait for a free row."""
+        return self._batcher.max_batch
+
+    @property
+    def waiting(self) -> int:
+        """Requests waiting for a free row in the batch."""
+        return self._batcher.waiting
 
     @property
     def tokenizer(self) -> Any:
@@ -113,9 +125,16 @@ class Engine:
     def model(self) -> Any:
         return self._model
 
+    @property
+    def base_id(self) -> str:
+        return self.loaded.base_id
+
+    def describe(self, adapter: AdapterInfo | None) -> str:
+        """Where answers are generated, for the served-by box."""
+        return "local"
+
     def adapters(self) -> dict[str, AdapterInfo]:
-        with self._state_lock:
-            return dict(self._adapters)
+        return self._slots.serving()
 
     def load_adapter(self, key: str, ref: str, *, revision: str | None = None,
                      limits: HubLimits = DEFAULT_LIMITS) -> AdapterInfo:
@@ -143,13 +162,9 @@ class Engine:
                                           check=lambda model: self._test_answer(model, info))
             except FlywheelError as error:
                 raise FlywheelError(f"Adapter {ref} could not be loaded: {error}") from error
-            with self._state_lock:
-                old = self._adapters.get(key)
-                self._adapters[key] = info
-                if old is not None:
-                    old.retired = True
-            if old is not None and old.users == 0:
-                self._unload(old)
+            idle = self._slots.install(key, info)
+            if idle is not None:
+                self._unload(idle)
         logger.info("Serving adapter %s for %s", info.label, key)
         return info
 
@@ -174,7 +189,7 @@ class Engine:
         `on_start` receives the adapter this request holds (None: the base model) before the
         first token, so callers report the exact revision even if a hot swap happens meanwhile.
         """
-        info = self._acquire(adapter)
+        info = self._slots.acquire(adapter)
         try:
             if on_start is not None:
                 on_start(info)
@@ -186,25 +201,11 @@ class Engine:
         info = self.adapters().get(adapter) if adapter else None
         return info.label if info else BASE_LABEL
 
-    def _acquire(self, key: str | None) -> AdapterInfo | None:
-        if key is None:
-            return None
-        with self._state_lock:
-            info = self._adapters.get(key)
-            if info is None:
-                return None
-            info.users += 1
-            return info
-
     def _release(self, info: AdapterInfo | None) -> None:
-        if info is None:
-            return
-        with self._state_lock:
-            info.users -= 1
-            unload = info.retired and info.users == 0
-        if unload:
+        idle = self._slots.release(info)
+        if idle is not None:
             with self._generate_lock:
-                self._unload(info)
+                self._unload(idle)
 
     def _unload(self, info: AdapterInfo) -> None:
         remove_adapter(self._model, info.peft_name)
@@ -221,69 +222,41 @@ class Engine:
     def _stream_with(self, info: AdapterInfo | None, task: Task, inputs: dict[str, str],
                      settings: GenerationSettings) -> Iterator[str]:
         import torch
-        from transformers import TextIteratorStreamer
 
         settings = settings.validated()
-        encoded = self.encode(task, inputs)
-        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=not self.loaded.is_seq2seq,
-                                        skip_special_tokens=True, timeout=600)
-        failure: list[BaseException] = []
-        # Set when this generator is closed early (Gradio closes it when the client goes away):
-        # generation then stops at the next token instead of holding the lock to the end.
-        stop = threading.Event()
-
-        def run() -> None:
-            with self._generate_lock, torch.inference_mode():
-                if stop.is_set():  # the client left while waiting for the lock
-                    streamer.end()
-                    return
-                try:
-                    if settings.seed is not None:
-                        torch.manual_seed(settings.seed)
-                    self._generate(info, encoded, streamer, settings, stop=stop)
-                except BaseException as error:  # noqa: BLE001 - surfaced to the caller below
-                    failure.append(error)
-                    streamer.end()
-
-        thread = threading.Thread(target=run, daemon=True)
-        thread.start()
-        text = ""
+        request = Request(self.encode(task, inputs),
+                          {**settings.generate_kwargs(), "pad_token_id": self.tokenizer.pad_token_id},
+                          adapter=info.peft_name if info else None, seed=settings.seed)
+        text = _text_pieces(self.tokenizer)
+        self._batcher.submit(request)
         try:
-            for piece in streamer:
-                text += piece
-                yield text
+            for ids in request.tokens():
+                for token in ids:
+                    text.put(torch.tensor([token]))
+                yield text.value
+            text.end()
+            yield text.value
+        except Exception as error:  # noqa: BLE001 - a failed step, in the caller's words
+            raise FlywheelError(f"Generation failed: {error}") from error
         finally:
-            stop.set()
-        thread.join()
-        if failure:
-            raise FlywheelError(f"Generation failed: {failure[0]}") from failure[0]
-
-    def _generate(self, info: AdapterInfo | None, encoded: dict[str, Any], streamer: Any,
-                  settings: GenerationSettings, *, stop: threading.Event) -> None:
-        kwargs = dict(**encoded, streamer=streamer, pad_token_id=self.tokenizer.pad_token_id,
-                      stopping_criteria=_stop_when(stop), **settings.generate_kwargs())
-        model = self._model
-        if info is not None:
-            if model.active_adapter != info.peft_name:  # set_adapter walks every module (~30 ms)
-                model.set_adapter(info.peft_name)
-            model.generate(**kwargs)
-        elif hasattr(model, "disable_adapter"):
-            with model.disable_adapter():
-                model.generate(**kwargs)
-        else:
-            model.generate(**kwargs)
+            # Closing this generator (Gradio does when the client goes away) stops the request at the
+            # next step; the adapter it holds is released only once its row has left the batch.
+            request.cancel()
+            request.finished.wait()
 
 
-def _stop_when(event: threading.Event) -> Any:
-    """Stopping criteria that end `generate` at the next token once `event` is set."""
-    import torch
-    from transformers import StoppingCriteria, StoppingCriteriaList
+def _text_pieces(tokenizer: Any) -> Any:
+    """A `TextStreamer` that collects the growing answer in `.value`, cut as it cuts it for printing:
+    whole words, never half a character."""
+    from transformers import TextStreamer
 
-    class StopWhenSet(StoppingCriteria):
-        def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
-            return torch.full((input_ids.shape[0],), event.is_set(), dtype=torch.bool, device=input_ids.device)
+    class TextPieces(TextStreamer):
+        value = ""
 
-    return StoppingCriteriaList([StopWhenSet()])
+        def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
+            self.value += text
+
+    return TextPieces(tokenizer, skip_special_tokens=True)
 
 
 def _safe(key: str) -> str:

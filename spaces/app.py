@@ -12,7 +12,8 @@ with persistent storage, `/data/flywheel`; see `hub.paths.choose_home`) and push
 `FLYWHEEL_FEEDBACK_REPO`, also on SIGTERM; the status panel shows the sync's health and warns
 when the Space has no persistent storage. A background `AdapterWatcher` polls the repos and
 swaps in new revisions without a restart; every answer's "Served by" names the adapter
-and revision that produced it.
+and revision that produced it. With `FLYWHEEL_BACKEND=openai=URL` the base model and the
+adapters (as LoRAs) live on an OpenAI-compatible server instead (`serving.openai_backend`).
 
 Run it locally (any folder or Hub id works as an adapter reference):
 
@@ -48,8 +49,7 @@ from hub.errors import FlywheelError  # noqa: E402
 from hub.feedback.callback import FeedbackCallback  # noqa: E402
 from hub.paths import choose_home  # noqa: E402
 from hub.space import SpaceConfig  # noqa: E402
-from serving.engine import Engine  # noqa: E402
-from serving.models import load_model  # noqa: E402
+from serving.backends import GenerationBackend, open_backend  # noqa: E402
 from serving.watcher import AdapterWatcher  # noqa: E402
 from tasks import InvalidInput  # noqa: E402
 
@@ -66,7 +66,7 @@ class SpaceApp:
     """The running pieces: Gradio app, engine, adapter watcher, feedback store."""
 
     blocks: gr.Blocks
-    engine: Engine
+    engine: GenerationBackend
     watcher: AdapterWatcher | None
     feedback: FeedbackCallback
     config: SpaceConfig
@@ -96,7 +96,7 @@ def create_app(config: SpaceConfig | None = None, *, concurrency_limit: int = 4)
     """
     config = config or SpaceConfig.from_env()
     access = space_access(config)
-    engine = Engine(load_model(config.model))
+    engine = space_backend(config)
     watcher = None
     if config.adapters:
         # With FLYWHEEL_POLL_SECONDS=0 this one check loads the adapters and `launch` starts no thread.
@@ -111,6 +111,14 @@ def create_app(config: SpaceConfig | None = None, *, concurrency_limit: int = 4)
                        concurrency_limit=concurrency_limit, title="Flywheel", access=access)
     _add_status_panel(blocks, engine, watcher, config, feedback)
     return SpaceApp(blocks=blocks, engine=engine, watcher=watcher, feedback=feedback, config=config)
+
+
+def space_backend(config: SpaceConfig) -> GenerationBackend:
+    """The base model loaded here, or with `FLYWHEEL_BACKEND=openai=URL` a connection to the server holding it."""
+    try:
+        return open_backend(config.backend, model=config.model, lora_source=config.lora_source)
+    except InvalidInput as error:
+        raise FlywheelError(f"FLYWHEEL_BACKEND / FLYWHEEL_LORA_SOURCE: {error}") from None
 
 
 def space_access(config: SpaceConfig) -> Access:
@@ -129,10 +137,10 @@ def space_access(config: SpaceConfig) -> Access:
     on_space = bool(os.environ.get("SPACE_ID"))
     return Access(limits=limits, login=bool(os.environ.get("OAUTH_CLIENT_ID")), require_login=config.require_login,
                   proxy_hops=config.proxy_hops if config.proxy_hops is not None else int(on_space),
-                  queue_size=config.queue_size)
+                  queue_size=config.queue_size if config.queue_size is not None else Access.queue_size)
 
 
-def _add_status_panel(blocks: gr.Blocks, engine: Engine, watcher: AdapterWatcher | None,
+def _add_status_panel(blocks: gr.Blocks, engine: GenerationBackend, watcher: AdapterWatcher | None,
                       config: SpaceConfig, feedback: FeedbackCallback) -> None:
     """An accordion showing what each adapter key serves and the feedback sync's health (last
     push, rows waiting, last error); also the `/adapters` API endpoint. It opens with a warning
@@ -141,7 +149,7 @@ def _add_status_panel(blocks: gr.Blocks, engine: Engine, watcher: AdapterWatcher
 
     def status() -> dict[str, Any]:
         served = {key: info.label for key, info in engine.adapters().items()}
-        return {"base": engine.loaded.base_id, "serving": served,
+        return {"base": engine.base_id, "backend": engine.describe(None), "serving": served,
                 "watching": watcher.status() if watcher is not None else {},
                 "poll_seconds": config.poll_seconds, "feedback": feedback.health(),
                 "storage_warning": storage_warning}

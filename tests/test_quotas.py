@@ -98,3 +98,26 @@ def test_a_spent_ticket_is_forgotten_once_it_expires_or_its_record_failed() -> N
     assert spent.claim(ticket, "flag", now=60)
     assert spent.claim(Ticket("tweet", {}, {}, expires=300, nonce="m"), "flag", now=200)
     assert len(spent._spent) == 1  # the expired ones were dropped
+
+
+def test_space_variables_set_quotas_sign_in_proxies_and_queue(monkeypatch: pytest.MonkeyPatch) -> None:
+    from hub.space import SpaceConfig
+    from spaces.app import space_access
+
+    config = SpaceConfig.from_env({"SPACE_ID": "u/s", "FLYWHEEL_LIMITS": "generation=5/minute",
+                                   "FLYWHEEL_QUEUE_SIZE": "16", "FLYWHEEL_REQUIRE_LOGIN": "false"})
+    assert SpaceConfig.from_env(config.to_variables()) == config
+    monkeypatch.setenv("SPACE_ID", "u/s")
+    monkeypatch.delenv("OAUTH_CLIENT_ID", raising=False)
+    access = space_access(config)
+    assert (access.limits.rates["generation"], access.queue_size, access.proxy_hops) == (Rate(5, 60), 16, 1)
+    assert not access.login and not access.require_login
+    with pytest.raises(FlywheelError, match="FLYWHEEL_LIMITS: A limit is written"):
+        space_access(SpaceConfig(limits="generation=lots"))
+    with pytest.raises(FlywheelError, match="FLYWHEEL_REQUIRE_LOGIN must be true or false"):
+        SpaceConfig.from_env({"FLYWHEEL_REQUIRE_LOGIN": "maybe"})
+    monkeypatch.setenv("SYSTEM", "spaces")  # a Space whose README lacks `hf_oauth: true`
+    with pytest.raises(FlywheelError, match="hf_oauth: true"):
+        space_access(SpaceConfig.from_env({"FLYWHEEL_REQUIRE_LOGIN": "true"}))
+    monkeypatch.setenv("OAUTH_CLIENT_ID", "set-by-the-space")
+    assert space_access(SpaceConfig(require_login=True)).login

@@ -71,6 +71,9 @@ class TrainerArgs:
     force: bool = field(default=False, metadata={
         "help": "Push even if the adapter does not beat the reference (the base model, or chance for a "
                 "reward model) on the main metric."})
+    margin: float = field(default=0.0, metadata={
+        "help": "The --push gate: the adapter must beat the reference by more than this on the main metric "
+                "(in the metric's units; 0: any improvement)."})
 
 
 @dataclass
@@ -83,6 +86,13 @@ class PolicyArgs(TrainerArgs):
                 "task's main metric is a reward."})
     eval_max_new_tokens: int | None = field(default=None, metadata={
         "help": "Tokens generated per evaluation example (default: a per-task length)."})
+    eval_extra_data: list[str] = field(default_factory=list, metadata={
+        "help": "Reference data evaluated beside the held-out slice of the feedback (JSONL files or Hub "
+                "dataset ids; their prompts are kept out of training). Repeatable."})
+    init_adapter: str | None = field(default=None, metadata={
+        "help": "Start from this LoRA adapter (folder, Hub repo or REPO@REV, e.g. the one serving now) "
+                "instead of a fresh one; the evaluation and the --push gate then compare with it, not the "
+                "base model."})
 
 
 @dataclass

@@ -113,7 +113,8 @@ def evaluate(*, loaded: LoadedModel, task: Task, examples: list[Example], adapte
 
 @dataclass
 class GenerationEvaluator:
-    """The lifecycle's evaluator for a policy: the base model before training, base + adapter after.
+    """The lifecycle's evaluator for a policy: the base model (or the starting adapter) before training,
+    base + trained adapter after.
 
     The main metric and its direction are the task's (`Task.main_metric`, `Task.higher_is_better`).
     """
@@ -127,6 +128,8 @@ class GenerationEvaluator:
     unmeasured_hint: str = ""
     """What the user can do when the main metric cannot be measured on these examples."""
     reference: str = "the base model"
+    reference_adapter: str | None = None
+    """The adapter `before` scores (the one training started from); None: the bare base model."""
 
     @property
     def main_metric(self) -> str:
@@ -137,7 +140,7 @@ class GenerationEvaluator:
         return self.task.higher_is_better
 
     def before(self) -> EvalReport | None:
-        return self.score(adapter=None) if self.examples else None
+        return self.score(adapter=self.reference_adapter) if self.examples else None
 
     def after(self, model: Any, adapter_dir: Path) -> EvalReport | None:
         """Score the saved adapter on the base model that `model` (the trained PEFT model) wraps."""
@@ -288,12 +291,13 @@ def _applied(loaded: LoadedModel, adapter: str | None) -> Iterator[Any]:
         return
     from peft import PeftModel
 
-    from hub.repos import resolve_adapter
+    from hub.repos import AdapterSpec, resolve_adapter
     from serving.adapters import validate_adapter
 
     if isinstance(loaded.model, PeftModel):
         raise FlywheelError("This model already carries adapters; evaluate from a freshly loaded base model.")
-    path, _ = resolve_adapter(adapter)
+    spec = AdapterSpec.parse(adapter)  # REPO@REV pins a revision
+    path, _ = resolve_adapter(spec.ref, revision=spec.revision)
     validate_adapter(path, base_id=loaded.base_id, model=loaded.model)
     try:
         wrapped = PeftModel.from_pretrained(loaded.model, str(path), adapter_name="evaluated")

@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tasks import Task
-from trainers.common import lora_config, output_dir, run, trl_args
-from trainers.lifecycle import evaluate_before, evaluation_reward, policy_run, train_and_finish
+from trainers.common import output_dir, run, trl_args
+from trainers.lifecycle import Outcome, evaluate_before, evaluation_reward, lora_inputs, policy_run, train_and_finish
 from trainers.reward_functions import CombinedReward
 from trainers.rl_data import messages_for
 from trainers.rl_utils import STATE, RLArgs, find_checkpoint, load_causal_lm, task_and_reward
@@ -74,7 +74,7 @@ def reward_functions(reward: CombinedReward) -> tuple[list[Callable[..., list[fl
     return functions, weights
 
 
-def train(config: GRPOArgs, task: Task, reward: CombinedReward) -> None:
+def train(config: GRPOArgs, task: Task, reward: CombinedReward) -> Outcome | None:
     """Load, evaluate the base, train with TRL, then evaluate, write the card, --push."""
     from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
 
@@ -99,15 +99,14 @@ def train(config: GRPOArgs, task: Task, reward: CombinedReward) -> None:
                     top_k=0, beta=config.beta, epsilon=config.epsilon, max_grad_norm=config.max_grad_norm,
                     reward_weights=weights, log_completions=False)
     config_class, trainer_class = (GRPOConfig, GRPOTrainer) if config.algo == "grpo" else (RLOOConfig, RLOOTrainer)
-    trainer = trainer_class(model=loaded.model, reward_funcs=functions, args=config_class(**args),
-                            train_dataset=data.train.map(columns), processing_class=loaded.tokenizer,
-                            peft_config=lora_config(config, task_type="CAUSAL_LM"))
-    train_and_finish(training, trainer, resume_from_checkpoint=str(resume_from) if resume_from else None)
+    trainer = trainer_class(reward_funcs=functions, args=config_class(**args), train_dataset=data.train.map(columns),
+                            processing_class=loaded.tokenizer, **lora_inputs(config, loaded))
+    return train_and_finish(training, trainer, resume_from_checkpoint=str(resume_from) if resume_from else None)
 
 
-def main(config: GRPOArgs) -> None:
+def main(config: GRPOArgs) -> Outcome | None:
     task, reward = task_and_reward(config)  # every check, before any model loads
-    train(config, task, reward)
+    return train(config, task, reward)
 
 
 if __name__ == "__main__":

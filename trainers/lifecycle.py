@@ -94,6 +94,8 @@ class Outcome:
     verdict: str
     pushed: PushResult | None = None
     plot: Path | None = None
+    card: AdapterCard | None = None
+    """The model card written next to the adapter (and pushed with it)."""
 
 
 @dataclass
@@ -106,9 +108,36 @@ class Policy:
 
     def trainer_inputs(self) -> dict[str, Any]:
         """The keyword arguments TRL's SFT, DPO and KTO trainers share: model, rows, tokenizer, LoRA."""
-        return {"model": self.loaded.model, "train_dataset": self.data.train,
-                "processing_class": self.loaded.tokenizer,
-                "peft_config": lora_config(self.training.config, task_type="CAUSAL_LM")}
+        return {"train_dataset": self.data.train, "processing_class": self.loaded.tokenizer,
+                **lora_inputs(self.training.config, self.loaded)}
+
+
+def lora_inputs(config: PolicyArgs, loaded: LoadedModel) -> dict[str, Any]:
+    """`model` (and `peft_config`) for a TRL trainer: a fresh LoRA, or `--init-adapter` to train on."""
+    if config.init_adapter:
+        return {"model": lora_model(config, loaded, task_type="CAUSAL_LM")}
+    return {"model": loaded.model, "peft_config": lora_config(config, task_type="CAUSAL_LM")}
+
+
+def lora_model(config: PolicyArgs, loaded: LoadedModel, *, task_type: str, lora: Any | None = None) -> Any:
+    """The PEFT model to train: `--init-adapter` loaded as trainable, else a fresh LoRA (`lora`, or the options').
+
+    Call it after `evaluate_before`: the evaluation needs the bare base model.
+
+    Raises:
+        FlywheelError: the adapter cannot be read, or it was made for another base model.
+    """
+    from peft import PeftModel, get_peft_model
+
+    if not config.init_adapter:
+        return get_peft_model(loaded.model, lora or lora_config(config, task_type=task_type))
+    from hub.repos import AdapterSpec, resolve_adapter
+    from serving.adapters import validate_adapter
+
+    spec = AdapterSpec.parse(config.init_adapter)
+    path, _ = resolve_adapter(spec.ref, revision=spec.revision)
+    validate_adapter(path, base_id=loaded.base_id, model=loaded.model)
+    return PeftModel.from_pretrained(loaded.model, str(path), is_trainable=True)
 
 
 def prepare_policy(config: PolicyArgs, *, method: str, task: Task, seq2seq: bool = False,
@@ -143,11 +172,13 @@ def policy_run(config: PolicyArgs, *, method: str, task: Task, loaded: LoadedMod
 
     hint = (" (give --eval-reward)" if "reward" in task.main_metric
             else " (evaluation examples need references: give --eval-data or --seed-data)")
+    starting = {"reference_adapter": config.init_adapter,
+                "reference": f"the adapter it started from ({config.init_adapter})"} if config.init_adapter else {}
     evaluator = GenerationEvaluator(
-        loaded=loaded, task=task, examples=data.eval_examples[:max(config.eval_limit, 0)],
+        loaded=loaded, task=task, batch_size=config.eval_batch_size,
+        examples=data.eval_examples[:max(config.eval_limit, 0) * (1 + len(config.eval_extra_data))],
         settings=default_settings(task, max_new_tokens=config.eval_max_new_tokens),
-        batch_size=config.eval_batch_size, reward_fn=reward_fn or evaluation_reward(config),
-        unmeasured_hint=hint)
+        reward_fn=reward_fn or evaluation_reward(config), unmeasured_hint=hint, **starting)
     return TrainingRun(config=config, method=method, task=task, base_model=loaded.base_id,
                        out=out or output_dir(config, method), sources=data.sources, evaluator=evaluator,
                        pipeline_tag="text2text-generation" if loaded.is_seq2seq else "text-generation",
@@ -207,7 +238,7 @@ def finish(training: TrainingRun, *, model: Any, log_history: list[dict[str, Any
         after.to_json(out / "eval_after.json")
         table = compare_table(before, after)
         print(table, flush=True)
-    better, verdict = compare(before, after, evaluator=evaluator)
+    better, verdict = compare(before, after, evaluator=evaluator, margin=config.margin)
     logger.info(verdict)
     notes = [verdict, *training.notes]
     if config.push and better is not True and config.force:
@@ -218,7 +249,8 @@ def finish(training: TrainingRun, *, model: Any, log_history: list[dict[str, Any
                        metrics_after=after.metrics if after else None, main_metric=evaluator.main_metric,
                        plot=plot.name, notes=notes, pipeline_tag=training.pipeline_tag)
     write_card(out, card)
-    outcome = Outcome(adapter_dir=out, before=before, after=after, better=better, verdict=verdict, plot=plot)
+    outcome = Outcome(adapter_dir=out, before=before, after=after, better=better, verdict=verdict, plot=plot,
+                      card=card)
     if not config.push:
         print(f"Adapter saved in {out} (not pushed; add --push to publish).", flush=True)
         return outcome
@@ -233,9 +265,9 @@ def finish(training: TrainingRun, *, model: Any, log_history: list[dict[str, Any
     return outcome
 
 
-def compare(before: EvalReport | None, after: EvalReport | None, *,
-            evaluator: Evaluator) -> tuple[bool | None, str]:
-    """(adapter beats the reference?, one sentence why) on the evaluator's main metric and direction."""
+def compare(before: EvalReport | None, after: EvalReport | None, *, evaluator: Evaluator,
+            margin: float = 0.0) -> tuple[bool | None, str]:
+    """(adapter beats the reference by more than `margin`?, one sentence why) on the evaluator's main metric."""
     metric, reference = evaluator.main_metric, evaluator.reference
     if before is None or after is None:
         return None, f"The adapter was not evaluated, so its {metric} is unknown."
@@ -243,13 +275,14 @@ def compare(before: EvalReport | None, after: EvalReport | None, *,
     if not is_measured(old) or not is_measured(new):
         return None, f"The main metric {metric} could not be measured{evaluator.unmeasured_hint}."
     direction = "higher" if evaluator.higher_is_better else "lower"
-    improved = new > old if evaluator.higher_is_better else new < old
-    if improved:
-        return True, (f"The adapter beats {reference} on {metric} "
-                      f"({new:.4f} vs {old:.4f}; {direction} is better).")
+    gain = new - old if evaluator.higher_is_better else old - new
+    scores = f"({new:.4f} vs {old:.4f}; {direction} is better{f', margin {margin:g}' if margin else ''})"
+    if gain > margin:
+        return True, f"The adapter beats {reference} on {metric} {scores}."
+    if gain > 0:
+        return False, f"The adapter beats {reference} on {metric} by no more than the margin {scores}."
     word = "ties" if math.isclose(new, old, abs_tol=1e-12) else "scores worse than"
-    return False, (f"The adapter {word} {reference} on {metric} "
-                   f"({new:.4f} vs {old:.4f}; {direction} is better).")
+    return False, f"The adapter {word} {reference} on {metric} {scores}."
 
 
 def recipe_of(config: Any) -> dict[str, Any]:

@@ -34,7 +34,6 @@ from typing import Any
 
 import torch
 from accelerate.utils import set_seed
-from peft import get_peft_model
 from torch import nn
 from tqdm.auto import tqdm
 from transformers import GenerationConfig
@@ -42,7 +41,7 @@ from transformers import GenerationConfig
 from tasks import Task
 from trainers import rl_utils
 from trainers.common import lora_config, output_dir, run
-from trainers.lifecycle import evaluate_before, evaluation_reward, finish, policy_run
+from trainers.lifecycle import Outcome, evaluate_before, evaluation_reward, finish, lora_model, policy_run
 from trainers.reward_functions import CombinedReward
 from trainers.rl_data import PromptBatcher, policy_prompt
 from trainers.rl_utils import RLArgs, entropy_of, logprobs_of, masked_mean, masked_var, task_and_reward
@@ -311,7 +310,7 @@ def update(accelerator: Any, model: Any, optimizer: Any, roll: Rollout, config: 
             **{name: torch.stack(values).mean() for name, values in losses.items()}}
 
 
-def train(config: PPOArgs, task: Task, reward: CombinedReward) -> None:
+def train(config: PPOArgs, task: Task, reward: CombinedReward) -> Outcome | None:
     """Load, evaluate the base, loop over steps 1-6 with checkpoints, then evaluate, write the card, --push."""
     out = output_dir(config, "ppo")
     accelerator = rl_utils.make_accelerator(config, out, name="ppo")
@@ -328,7 +327,9 @@ def train(config: PPOArgs, task: Task, reward: CombinedReward) -> None:
 
     lora = lora_config(config, task_type="CAUSAL_LM")
     lora.lora_dropout = 0.0  # the PPO ratio must compare one and the same network
-    model = PolicyWithValue(get_peft_model(loaded.model, lora))
+    policy = lora_model(config, loaded, task_type="CAUSAL_LM", lora=lora)
+    lora = policy.peft_config["default"]  # --init-adapter brings its own rank and targets
+    model = PolicyWithValue(policy)
     model.policy.peft_config["default"].base_model_name_or_path = loaded.base_id
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.learning_rate)
     kl_ctl = AdaptiveKLController(config.init_kl_coef, config.kl_target or None, config.kl_horizon)
@@ -365,14 +366,15 @@ def train(config: PPOArgs, task: Task, reward: CombinedReward) -> None:
     # The adapter (LoRA only: the value head stays in the checkpoints), evaluation after, card, --push.
     training.evaluator.loaded, policy = rl_utils.trained_policy(accelerator, model, loaded=loaded,
                                                                 model_ref=config.model, lora=lora)
-    finish(training, model=policy, log_history=history)
+    outcome = finish(training, model=policy, log_history=history)
     accelerator.wait_for_everyone()
     accelerator.end_training()
+    return outcome
 
 
-def main(config: PPOArgs) -> None:
+def main(config: PPOArgs) -> Outcome | None:
     task, reward = task_and_reward(config)  # every check, before any model loads
-    train(config, task, reward)
+    return train(config, task, reward)
 
 
 if __name__ == "__main__":

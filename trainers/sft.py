@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tasks import SLUGS, get_task
-from trainers.common import PolicyArgs, lora_config, require_task, run, trl_args
-from trainers.lifecycle import Outcome, Policy, evaluate_before, prepare_policy, train_and_finish
+from trainers.common import PolicyArgs, require_task, run, trl_args
+from trainers.lifecycle import Outcome, Policy, evaluate_before, lora_model, prepare_policy, train_and_finish
 
 SFT_TASKS = tuple(slug for slug in SLUGS if slug != "arena")
 """Arena feedback is votes between two answers: train it with DPO (or a reward model) instead."""
@@ -47,7 +47,6 @@ def causal_trainer(config: SFTArgs, policy: Policy) -> Any:
 
 
 def seq2seq_trainer(config: SFTArgs, policy: Policy) -> Any:
-    from peft import get_peft_model
     from transformers import DataCollatorForSeq2Seq, Seq2SeqTrainer, Seq2SeqTrainingArguments, set_seed
 
     tokenizer = policy.loaded.tokenizer
@@ -62,7 +61,7 @@ def seq2seq_trainer(config: SFTArgs, policy: Policy) -> Any:
     rows = policy.data.train
     train = rows.map(tokenize, batched=True, remove_columns=rows.column_names)
     set_seed(config.seed)  # LoRA weights are initialised randomly: make that reproducible.
-    model = get_peft_model(policy.loaded.model, lora_config(config, task_type="SEQ_2_SEQ_LM"))
+    model = lora_model(config, policy.loaded, task_type="SEQ_2_SEQ_LM")
     args = Seq2SeqTrainingArguments(**trl_args(config, policy.training.out))
     collator = DataCollatorForSeq2Seq(tokenizer, model=model, label_pad_token_id=-100)
     return Seq2SeqTrainer(model=model, args=args, train_dataset=train, data_collator=collator,

@@ -105,7 +105,8 @@ def build_training_data(method: str, *, task: Task, feedback_repo: str | None = 
                         eval_fraction: float = HOLDOUT_FRACTION, min_rows: int = MIN_ROWS, chat: bool = True,
                         seed: int = 42, use_feedback: bool = True, seed_limit: int = 0,
                         min_rating_gap: float = MIN_RATING_GAP,
-                        max_pairs_per_prompt: int = MAX_PAIRS_PER_PROMPT) -> TrainingData:
+                        max_pairs_per_prompt: int = MAX_PAIRS_PER_PROMPT,
+                        eval_extra_data: Sequence[str] = ()) -> TrainingData:
     """`method`'s training rows for `task`, with evaluation prompts held out.
 
     Args:
@@ -118,6 +119,8 @@ def build_training_data(method: str, *, task: Task, feedback_repo: str | None = 
         chat: conversational rows (lists of messages) instead of plain-text prompts and answers.
         use_feedback: read the feedback repo at all (False: seed data only).
         seed_limit: read at most this many rows per seed source (0: all).
+        eval_extra_data: reference sources whose first `eval_limit` examples are evaluated beside the
+            held-out slice (or `eval_data`); their prompts are kept out of training.
 
     Raises:
         InvalidInput: unknown method, unreadable source, too few rows (`trainers.rows.check_size`).
@@ -129,7 +132,7 @@ def build_training_data(method: str, *, task: Task, feedback_repo: str | None = 
                           seed_data=seed_data, eval_data=eval_data, eval_limit=eval_limit,
                           eval_fraction=eval_fraction, min_rows=min_rows, chat=chat, seed=seed,
                           use_feedback=use_feedback, seed_limit=seed_limit, min_rating_gap=min_rating_gap,
-                          max_pairs_per_prompt=max_pairs_per_prompt)
+                          max_pairs_per_prompt=max_pairs_per_prompt, eval_extra_data=eval_extra_data)
     from datasets import Dataset
 
     data = TrainingData(method, task.slug, Dataset.from_list(assembled.train), assembled.eval_examples,
@@ -168,13 +171,14 @@ def _options(config: Any, *, min_rows: int | None = None) -> dict[str, Any]:
                 seed=config.seed, use_feedback=getattr(config, "use_feedback", True),
                 seed_limit=getattr(config, "seed_limit", 0),
                 min_rating_gap=getattr(config, "min_rating_gap", MIN_RATING_GAP),
-                max_pairs_per_prompt=getattr(config, "max_pairs_per_prompt", MAX_PAIRS_PER_PROMPT))
+                max_pairs_per_prompt=getattr(config, "max_pairs_per_prompt", MAX_PAIRS_PER_PROMPT),
+                eval_extra_data=list(getattr(config, "eval_extra_data", None) or []))
 
 
 def _assemble(method: str, *, task: Task, feedback_repo: str | None, feedback_revision: str | None,
               seed_data: Sequence[str], eval_data: str | None, eval_limit: int, eval_fraction: float,
               min_rows: int, chat: bool, seed: int, use_feedback: bool, seed_limit: int,
-              min_rating_gap: float, max_pairs_per_prompt: int) -> _Assembled:
+              min_rating_gap: float, max_pairs_per_prompt: int, eval_extra_data: Sequence[str] = ()) -> _Assembled:
     sources: list[DatasetRef] = []
     items: list[Item] = []
     found: dict[str, int] = {}
@@ -205,6 +209,10 @@ def _assemble(method: str, *, task: Task, feedback_repo: str | None, feedback_re
         evaluation = {key: groups[key] for key in held}
         held_out = [row for key in held for row, _ in rows[key]]
         eval_source = "held-out"
+    for source in eval_extra_data if eval_limit > 0 else ():  # evaluated beside the held-out prompts: never trained on
+        evaluation.update(group_by_prompt([Item(record, -1) for record in seed_records(
+            "prompts", task, source, limit=eval_limit)]))
+        eval_source += f" + {source}"
     eval_examples = [eval_example(task, group) for group in evaluation.values()]
     if not eval_examples and eval_limit > 0 and task.examples:
         eval_examples = [Example(dict(inputs), [], {"id": f"task-example-{n}"})

@@ -1,0 +1,244 @@
+"""Continuous batching (`serving.batching`): concurrent requests, each with its own adapter and settings,
+give the answers they give one at a time; rows join, leave and cancel without disturbing the others."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from serving.batching import Batcher, ModelLock, Request
+from serving.engine import Engine, GenerationSettings
+from serving.models import load_model
+from tasks import TASKS
+from tests.adapter_factory import make_adapter
+
+GREEDY = GenerationSettings(temperature=0, repetition_penalty=1.0, max_new_tokens=20)
+
+
+def settings(**changes: object) -> GenerationSettings:
+    return GenerationSettings(**{**GREEDY.__dict__, **changes})
+
+
+# (adapter key, task slug, inputs, settings): different adapters, prompt lengths, lengths and penalties,
+# so rows join with and without padding and leave the batch at different steps.
+CASES = [
+    (None, "tweet", {"prompt": "Advice"}, GREEDY),
+    ("tweet", "tweet", {"prompt": "Advice for founders who ship on Fridays"}, settings(repetition_penalty=1.3)),
+    ("summary", "tweet", {"prompt": "cats"}, settings(max_new_tokens=7)),
+    ("tweet", "tweet", {"prompt": "x"}, settings(max_new_tokens=31, repetition_penalty=2.0)),
+    (None, "dialogue_summary", {"dialogue": "#Person1#: Hi, how are you?\n#Person2#: Fine, thanks, and you?"},
+     settings(max_new_tokens=12)),
+    ("summary", "tweet", {"prompt": "Advice for entrepreneurs"}, settings(temperature=0.9, top_k=20, top_p=0.8,
+                                                                         seed=7)),
+    (None, "tweet", {"prompt": "coffee"}, settings(temperature=1.3, top_k=0, top_p=1.0, seed=11)),
+]
+
+
+@pytest.fixture(scope="module")
+def sharp_lm(tiny_causal_lm: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model with its weight matrices scaled up: the plain one answers every prompt with the
+    same newlines, this one gives prompt- and adapter-dependent greedy answers that would show a mix-up."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out = tmp_path_factory.mktemp("sharp-lm")
+    model = AutoModelForCausalLM.from_pretrained(tiny_causal_lm)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            if parameter.dim() == 2:
+                parameter.mul_(10)
+    model.save_pretrained(out)
+    AutoTokenizer.from_pretrained(tiny_causal_lm).save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def adapter_folders(sharp_lm: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("batching-adapters")
+    return {"tweet": make_adapter(sharp_lm, root / "tweet", seed=1),
+            "summary": make_adapter(sharp_lm, root / "summary", seed=2, targets=("q_proj", "v_proj", "o_proj"))}
+
+
+@pytest.fixture(scope="module")
+def engine(sharp_lm: Path, adapter_folders: dict[str, Path]) -> Engine:
+    engine = Engine(load_model(str(sharp_lm)))
+    for key, folder in adapter_folders.items():
+        engine.load_adapter(key, str(folder))
+    return engine
+
+
+@pytest.fixture(scope="module")
+def alone(engine: Engine) -> list[str]:
+    """Each case's answer when it is the only request."""
+    return [answer(engine, case) for case in CASES]
+
+
+def answer(engine: Engine, case: tuple, *, on_piece: Callable[[str], None] | None = None) -> str:
+    key, slug, inputs, case_settings = case
+    text = ""
+    for text in engine.stream(TASKS[slug], inputs, case_settings, adapter=key):
+        if on_piece is not None:
+            on_piece(text)
+    return text
+
+
+def bare_generate(engine: Engine, case: tuple) -> str:
+    """The answer of plain `generate` with the case's adapter set as PEFT's active adapter."""
+    import torch
+
+    key, slug, inputs, case_settings = case
+    model = engine.model
+    encoded = engine.encode(TASKS[slug], inputs)
+    with engine._generate_lock, torch.inference_mode():
+        if key is None:
+            with model.disable_adapter():
+                output = model.generate(**encoded, **case_settings.generate_kwargs(),
+                                        pad_token_id=engine.tokenizer.pad_token_id)
+        else:
+            model.set_adapter(engine.adapters()[key].peft_name)
+            output = model.generate(**encoded, **case_settings.generate_kwargs(),
+                                    pad_token_id=engine.tokenizer.pad_token_id)
+    return engine.tokenizer.decode(output[0, encoded["input_ids"].shape[1]:], skip_special_tokens=True)
+
+
+def wait_until(condition: Callable[[], bool]) -> None:
+    deadline = time.monotonic() + 120
+    while not condition():
+        assert time.monotonic() < deadline, "condition never met"
+        time.sleep(0.01)
+
+
+def run_together(engine: Engine, cases: list[tuple]) -> list[str]:
+    """Start every case while the model is held, so all of them join the batch in the same turn."""
+    results: list[str | BaseException] = [""] * len(cases)
+
+    def run(index: int) -> None:
+        try:
+            results[index] = answer(engine, cases[index])
+        except BaseException as error:  # noqa: BLE001 - re-raised in the test's thread
+            results[index] = error
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(cases))]
+    with engine._generate_lock:
+        for thread in threads:
+            thread.start()
+        wait_until(lambda: engine.waiting == len(cases))
+    for thread in threads:
+        thread.join()
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+    return results  # type: ignore[return-value]
+
+
+@contextmanager
+def batch_sizes(engine: Engine) -> Iterator[list[int]]:
+    """The number of rows in each forward pass of the model while the block runs."""
+    sizes: list[int] = []
+    handle = engine.model.register_forward_pre_hook(
+        lambda module, args, kwargs: sizes.append(kwargs["input_ids"].shape[0]), with_kwargs=True)
+    try:
+        yield sizes
+    finally:
+        handle.remove()
+
+
+def test_one_request_alone_gives_what_generate_gives(engine: Engine, alone: list[str]) -> None:
+    greedy = [i for i, case in enumerate(CASES) if case[3].temperature == 0]
+    assert [alone[i] for i in greedy] == [bare_generate(engine, CASES[i]) for i in greedy]
+    assert len(set(alone)) == len(alone)  # adapters and prompts really change the answers
+
+
+def test_concurrent_requests_with_their_own_adapters_and_settings_match_one_at_a_time(
+        engine: Engine, alone: list[str]) -> None:
+    with batch_sizes(engine) as sizes:
+        together = run_together(engine, CASES)
+    assert max(sizes) == len(CASES)  # decoded as one batch
+    assert together == alone
+
+
+def test_rows_join_a_running_batch_and_leave_it_at_their_own_length(engine: Engine, alone: list[str]) -> None:
+    long_case = (CASES[3][0], *CASES[3][1:3], settings(max_new_tokens=40, repetition_penalty=2.0))
+    first_pieces: list[str] = []
+    results: dict[str, str] = {}
+    started = threading.Event()
+
+    def run_long() -> None:
+        results["long"] = answer(engine, long_case, on_piece=lambda text: (first_pieces.append(text), started.set()))
+
+    thread = threading.Thread(target=run_long)
+    with batch_sizes(engine) as sizes:
+        thread.start()
+        assert started.wait(timeout=120)
+        # The running row's cache is longer than one newcomer's prompt and shorter than the other's.
+        assert run_together(engine, [CASES[2], CASES[4]]) == [alone[2], alone[4]]
+        thread.join()
+    assert max(sizes) == 3 and sizes[0] == 1
+    assert results["long"] == answer(engine, long_case)
+
+
+def test_a_cancelled_row_leaves_and_the_others_finish_unchanged(engine: Engine, alone: list[str]) -> None:
+    endless = (None, "tweet", {"prompt": "Advice"}, settings(max_new_tokens=400))
+    stream = engine.stream(TASKS["tweet"], endless[2], endless[3])
+    with batch_sizes(engine) as sizes:
+        next(stream)  # running now
+        others = threading.Thread(target=lambda: results.extend(run_together(engine, CASES[:3])))
+        results: list[str] = []
+        others.start()
+        wait_until(lambda: len(sizes) > 3 and sizes[-1] == 4)
+        stream.close()  # what Gradio does when the client goes away
+        others.join()
+    assert results == alone[:3]
+    assert len(sizes) < 400
+
+
+def test_loading_the_first_adapter_mid_batch_leaves_rows_in_flight_unchanged(
+        sharp_lm: Path, adapter_folders: dict[str, Path], alone: list[str]) -> None:
+    engine = Engine(load_model(str(sharp_lm)))
+    case = (None, *CASES[0][1:3], settings(max_new_tokens=60))
+    expected = answer(engine, case)
+    pieces: list[str] = []
+    stream = engine.stream(TASKS["tweet"], case[2], case[3])
+    pieces.append(next(stream))
+    engine.load_adapter("tweet", str(adapter_folders["tweet"]))  # wraps the model in PEFT between two steps
+    for pieces_text in stream:
+        pieces.append(pieces_text)
+    assert pieces[-1] == expected
+    assert answer(engine, CASES[1]) == alone[1]
+
+
+def test_a_failing_request_fails_alone(engine: Engine, alone: list[str]) -> None:
+    batcher = Batcher(lambda: engine.model, lock=ModelLock())
+    encoded = engine.encode(TASKS["tweet"], CASES[1][2])
+    kwargs = {**CASES[1][3].generate_kwargs(), "pad_token_id": engine.tokenizer.pad_token_id}
+    good = batcher.submit(Request(encoded, kwargs, adapter=engine.adapters()["tweet"].peft_name, seed=None))
+    bad = batcher.submit(Request(encoded, kwargs, adapter="no-such-adapter", seed=None))
+    with pytest.raises(ValueError, match="no-such-adapter"):
+        list(bad.tokens())
+    ids = [token for chunk in good.tokens() for token in chunk]
+    assert engine.tokenizer.decode(ids, skip_special_tokens=True) == alone[1]
+    assert good.finished.is_set() and bad.finished.is_set()
+
+
+def test_the_model_is_handed_over_between_two_steps(engine: Engine) -> None:
+    stream = engine.stream(TASKS["tweet"], {"prompt": "Advice"}, settings(max_new_tokens=400))
+    with batch_sizes(engine) as sizes:
+        next(stream)
+        assert engine._generate_lock.acquire(timeout=120)  # not starved by the decode loop
+        held_at = len(sizes)
+        engine._generate_lock.release()
+        stream.close()
+    assert held_at < 400  # handed over while the 400-token answer was still being decoded
+
+
+def test_seq2seq_requests_at_once_are_served_one_after_another(tiny_seq2seq: Path) -> None:
+    engine = Engine(load_model(str(tiny_seq2seq)))
+    cases = [(None, "dialogue_summary", {"dialogue": text}, settings(max_new_tokens=8))
+             for text in ("#Person1#: Hi", "#Person1#: Hello there #Person2#: Hi")]
+    expected = [answer(engine, case) for case in cases]
+    assert run_together(engine, cases) == expected
