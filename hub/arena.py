@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import math
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -104,7 +105,15 @@ def load_matches(repo: str | None = None, *, revision: str | None = None) -> tup
 
 def fit_bradley_terry(matches: Sequence[Match], *, players: Sequence[str] | None = None,
                       prior_c: float = PRIOR_C) -> dict[str, float]:
-    """Elo-scale Bradley-Terry ratings of `players` (default: everyone in `matches`), mean 1000.
+    """Elo-scale Bradley-Terry ratings of `players` (default: everyone in `matches`), mean 1000."""
+    names = list(players) if players is not None else sorted({p for m in matches for p in (m.a, m.b)})
+    kinds = Counter(matches)
+    return _fit(list(kinds), list(kinds.values()), names, prior_c=prior_c)
+
+
+def _fit(kinds: Sequence[Match], counts: Sequence[float], names: Sequence[str], *,
+         prior_c: float = PRIOR_C) -> dict[str, float]:
+    """The fit on distinct matches `kinds`, each seen `counts` times (identical votes are one weighted row).
 
     Each vote is also added mirrored (B against A, the result flipped): the likelihood is the same,
     and the regression always sees both classes, even when side A won every vote of a resample.
@@ -112,19 +121,18 @@ def fit_bradley_terry(matches: Sequence[Match], *, players: Sequence[str] | None
     import numpy as np
     from sklearn.linear_model import LogisticRegression
 
-    names = list(players) if players is not None else sorted({p for m in matches for p in (m.a, m.b)})
-    if len(names) < 2 or not matches:
+    if len(names) < 2 or not any(counts):
         return dict.fromkeys(names, ELO_MEAN)
     index = {name: i for i, name in enumerate(names)}
     rows, outcomes, weights = [], [], []
-    for match in matches:
+    for match, count in zip(kinds, counts, strict=True):
         features = np.zeros(len(names))
         features[index[match.a]], features[index[match.b]] = 1.0, -1.0
         results = [(1.0, 0.5), (0.0, 0.5)] if match.winner == "tie" else [(float(match.winner == "a"), 1.0)]
-        for won, weight in results:
+        for won, share in results:
             rows += [features, -features]
             outcomes += [won, 1.0 - won]
-            weights += [weight, weight]
+            weights += [share * count] * 2
     model = LogisticRegression(fit_intercept=False, C=prior_c, max_iter=1000)
     model.fit(np.array(rows), np.array(outcomes), sample_weight=np.array(weights))
     strengths = model.coef_[0] - model.coef_[0].mean()
@@ -133,18 +141,23 @@ def fit_bradley_terry(matches: Sequence[Match], *, players: Sequence[str] | None
 
 def leaderboard(matches: Sequence[Match], *, rounds: int = 200, confidence: float = 0.95,
                 seed: int = 0) -> list[Standing]:
-    """Every player's rating with its bootstrap interval, best first."""
+    """Every player's rating with its bootstrap interval, best first.
+
+    A bootstrap resample of the votes is a multinomial draw of how often each distinct match occurs.
+    """
     import numpy as np
 
     if not 0 < confidence < 1 or rounds < 1:
         raise FlywheelError("The confidence must be between 0 and 1 and --bootstrap at least 1.")
     names = sorted({p for m in matches for p in (m.a, m.b)})
-    ratings = fit_bradley_terry(matches, players=names)
+    seen = Counter(matches)
+    kinds, counts = list(seen), np.array(list(seen.values()), dtype=float)
+    ratings = _fit(kinds, counts, names)
     rng = np.random.default_rng(seed)
-    samples = {name: [] for name in names}
+    samples: dict[str, list[float]] = {name: [] for name in names}
     for _ in range(rounds):
-        resample = [matches[i] for i in rng.integers(0, len(matches), len(matches))]
-        for name, value in fit_bradley_terry(resample, players=names).items():
+        resampled = rng.multinomial(len(matches), counts / counts.sum())
+        for name, value in _fit(kinds, resampled, names).items():
             samples[name].append(value)
     tail = (1 - confidence) / 2 * 100
     standings = []

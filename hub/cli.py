@@ -20,7 +20,7 @@ from typing import NoReturn
 from hub.errors import FlywheelError
 from tasks import InvalidInput
 
-COMMAND_MODULES = ("hub.feedback.cli", "hub.space", "hub.arena")
+COMMAND_MODULES = ("hub.feedback.cli", "hub.space", "hub.arena", "hub.online")
 
 
 class OneLineParser(argparse.ArgumentParser):

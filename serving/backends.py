@@ -107,8 +107,8 @@ def open_backend(spec: BackendSpec | str | None, *, model: str | None = BUNDLED,
     """The backend `spec` names: a local engine loading `model`, or a connection to a server serving it.
 
     For a server, `model` None or `bundled` means the one base model it serves, and `lora_source`
-    (`serving.openai_backend.LORA_SOURCES`, None: `cache`) says where it reads adapters. Raises `InvalidInput` for a malformed
-    spec and `FlywheelError` for a server that cannot be used.
+    (`serving.openai_backend.LORA_SOURCES`, None: `cache`) says where it reads adapters. Raises
+    `InvalidInput` for a malformed spec and `FlywheelError` for a server that cannot be used.
     """
     spec = spec if isinstance(spec, BackendSpec) else BackendSpec.parse(spec)
     if spec.kind == OPENAI:

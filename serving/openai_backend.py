@@ -42,8 +42,8 @@ import httpx
 from hub.errors import FlywheelError, first_line
 from hub.repos import DEFAULT_LIMITS, HubLimits, is_local_ref, latest_revision, resolve_adapter
 from serving.adapters import validate_adapter
-from serving.slots import AdapterSlots, adapter_label
 from serving.engine import BASE_LABEL, GenerationSettings
+from serving.slots import AdapterSlots, adapter_label
 from tasks import InvalidInput, Task
 
 logger = logging.getLogger(__name__)
@@ -129,7 +129,8 @@ class OpenAIBackend:
         self.lora_source = lora_source
         self._client = client
         self._base_id = base_id
-        self._sampling = sampling
+        self.sampling = sampling
+        """VLLM_FIELDS or GENERATION_CONFIG: how this server takes top-k and the repetition penalty."""
         self._slots: AdapterSlots[RemoteLora] = AdapterSlots()
         self._load_lock = threading.Lock()
 
@@ -148,11 +149,11 @@ class OpenAIBackend:
         backend = cls(url=url, client=client, base_id="", sampling=VLLM_FIELDS, lora_source=lora_source)
         try:
             backend._base_id = backend._choose_base(model)
-            backend._sampling = backend._choose_sampling()
+            backend.sampling = backend._choose_sampling()
         except BaseException:
             client.close()
             raise
-        logger.info("Generating on %s (%s), base model %s", backend.where, backend._sampling, backend.base_id)
+        logger.info("Generating on %s (%s), base model %s", backend.where, backend.sampling, backend.base_id)
         return backend
 
     # -- GenerationBackend -----------------------------------------------------------------------
@@ -208,7 +209,7 @@ class OpenAIBackend:
                 self._call(LOAD_LORA, load_lora_request(lora.lora_name, lora_path), timeout=LOAD_SECONDS,
                            doing=f"load adapter {lora.label} as LoRA {lora.lora_name}")
             try:
-                self._answer_one_token(lora.lora_name, self._sampling)
+                self._answer_one_token(lora.lora_name, self.sampling)
             except FlywheelError as error:
                 self._unload(lora)
                 raise FlywheelError(f"Adapter {lora.label} was loaded but gives no answer: {error}") from None
@@ -229,7 +230,7 @@ class OpenAIBackend:
                 on_start(lora)
             model = lora.lora_name if lora is not None else self.base_id
             yield from self._stream_chat(chat_request(model, task.messages(inputs), settings,
-                                                      sampling=self._sampling))
+                                                      sampling=self.sampling))
         finally:
             idle = self._slots.release(lora)
             if idle is not None:

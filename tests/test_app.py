@@ -106,10 +106,10 @@ def test_bad_settings_are_refused(client: Client) -> None:
 def test_failure_inside_generation_is_reported(client: Client, monkeypatch: pytest.MonkeyPatch) -> None:
     from transformers import LlamaForCausalLM
 
-    def broken_generate(*args, **kwargs):
+    def broken_forward(*args, **kwargs):  # every engine, batched or not, runs the model's forward
         raise RuntimeError("out of memory (simulated)")
 
-    monkeypatch.setattr(LlamaForCausalLM, "generate", broken_generate)
+    monkeypatch.setattr(LlamaForCausalLM, "forward", broken_forward)
     with pytest.raises(Exception, match="out of memory"):
         client.predict("Advice", *SETTINGS, api_name="/generate_tweet")
     monkeypatch.undo()
