@@ -6,6 +6,7 @@ Examples:
     python -m demos --backend openai=http://gpu-box:8000  # generation and LoRAs on a vLLM server
     python -m demos --adapter tweet=me/flywheel-tweet-ppo --feedback-repo me/flywheel-feedback
     python -m demos --require-login --limit generation=30/hour --limit feedback-per-ip=off
+    python -m demos --online tweet --guard toxicity=0.5   # learn from ratings as they arrive; guard outputs
     python -m demos --list-tasks
 """
 
@@ -17,6 +18,7 @@ import os
 import sys
 from typing import TYPE_CHECKING
 
+from serving.batching import MAX_BATCH
 from tasks import SLUGS
 
 if TYPE_CHECKING:
@@ -68,11 +70,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="Requests waiting in the queue at most; more are refused (default 64).")
     parser.add_argument("--proxy-hops", type=int, default=0,
                         help="Proxies in front of the app that append to X-Forwarded-For (default 0).")
-    parser.add_argument("--concurrency", type=int, default=4,
-                        help="Generations in progress at once (they share one model); also other requests "
-                             "at once per endpoint.")
+    parser.add_argument("--concurrency", type=int, default=MAX_BATCH,
+                        help=f"Generations in progress at once, decoded together as one batch (default "
+                             f"{MAX_BATCH}); also other requests at once per endpoint.")
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
                         help="Weights dtype (float32 is fastest on CPUs without native bf16).")
+    parser.add_argument("--online", action="append", default=[os.environ.get("FLYWHEEL_ONLINE", "")],
+                        metavar="SLUG[,SLUG]",
+                        help="Tabs whose ratings and flags train their own LoRA adapter while the app runs "
+                             "(see serving.online; `python -m hub online push --task SLUG` publishes it).")
+    parser.add_argument("--online-judge", action="append", default=[], metavar="SLUG=SPEC",
+                        help="What scores an online adapter's probe answers (rollback below the last good "
+                             "score): toxicity[=SCORER] or reward_model=REF. Default: detox's toxicity, "
+                             "else FLYWHEEL_HOME/adapters/SLUG-reward if present, else drift from the base model.")
+    parser.add_argument("--online-every", type=int, default=None, metavar="K",
+                        help="Online updates between probes and swaps into the served model (default 10).")
+    parser.add_argument("--guard", default=os.environ.get("FLYWHEEL_GUARD", "off"), metavar="toxicity[=T]|off",
+                        help="Score every output before it is final; above T (default 0.5) regenerate with another "
+                             "seed, then withhold it and keep it as a negative detox example (default off).")
+    parser.add_argument("--guard-scorer", default="auto", metavar="SPEC",
+                        help="The guard's toxicity scorer: auto, profanity-check, detoxify[=CKPT] or a Hub "
+                             "classifier id (the detox reward's scorers).")
     parser.add_argument("--list-tasks", action="store_true", help="Print the task slugs and exit.")
     return parser.parse_args(argv)
 
@@ -107,26 +125,39 @@ def main(argv: list[str] | None = None) -> int:
     from hub.feedback.callback import FeedbackCallback
     from hub.repos import parse_adapter_specs
     from serving.backends import open_backend
+    from serving.guard import GuardConfig
+    from serving.judges import parse_judge_specs
+    from serving.online import parse_online_tasks, start_online
     from tasks import InvalidInput
 
+    online = None
     try:
         access = access_from_args(args)
+        guard_config = GuardConfig.parse(args.guard, scorer=args.guard_scorer)
+        parse_online_tasks(args.online), parse_judge_specs(args.online_judge)  # bad ones fail before the model loads
         adapters = parse_adapter_specs(args.adapter, arena_sides=(args.arena_a, args.arena_b))
         engine = open_backend(args.backend, model=args.model, dtype=args.dtype, lora_source=args.lora_source)
         for key, spec in adapters.items():
             engine.load_adapter(key, spec.ref, revision=spec.revision)
         feedback = FeedbackCallback(repo_id=args.feedback_repo, every=args.feedback_every,
                                     private=not args.public_feedback, session_ids=not args.no_session_id)
+        guard = guard_config.build() if guard_config is not None else None
+        online = start_online(engine, args.online, judges=args.online_judge, swap_every=args.online_every,
+                              toxicity=guard.scorer if guard is not None else None)
         feedback.setup()  # starts the Hub sync now, so rows a previous run left unpushed go up at once
     except (FlywheelError, InvalidInput) as error:
+        if online is not None:
+            online.stop()
         print(f"error: {error}", file=sys.stderr)
         return 2
     app = build_app(engine, feedback=feedback, concurrency_limit=args.concurrency,
-                    arena=ArenaSides(a=args.arena_a, b=args.arena_b), access=access)
+                    arena=ArenaSides(a=args.arena_a, b=args.arena_b), access=access, guard=guard, online=online)
     stop_on_sigterm()
     try:
         app.launch(server_name=args.host, server_port=args.port, show_error=True, max_file_size=MAX_FILE_SIZE)
     finally:
+        if online is not None:
+            online.stop()  # checkpoints the newest weights: a restart resumes them
         feedback.close()  # on Ctrl-C or SIGTERM too: refuses new rows, pushes the rest to the Hub repo
     return 0
 

@@ -15,12 +15,19 @@ import gradio as gr
 from demos.handlers import ARENA_VOTES, ArenaSides, Suite, refusal
 from demos.quotas import Access, Quotas, Visitor, visitor_from
 from demos.settings import SettingsPanel, build_settings_panel
+from hub.arena import HEADER as LEADERBOARD_HEADER
 from hub.feedback.records import MAX_TEXT_CHARS
 from serving.backends import GenerationBackend
+from serving.batching import MAX_BATCH
 from serving.engine import GenerationSettings
+from serving.guard import ToxicityGuard
+from serving.online import OnlineLearning
 from tasks import TASKS, Task
 
 PRIVATE = {"api_visibility": "private"}
+FEEDBACK_EVENT = {"concurrency_limit": None, "queue": False}
+"""Feedback writes one line: it never waits behind generation (no concurrency limit, its own group),
+and the browser sends it as a plain HTTP call outside the queue (gradio_client still joins the queue)."""
 MAX_FILE_SIZE = "1mb"
 """`launch(max_file_size=...)`: no tab takes files, so Gradio's upload route gets a small cap."""
 
@@ -55,11 +62,15 @@ def login_problem() -> str | None:
 
 def build_app(engine: GenerationBackend, *, feedback: Any | None = None, arena: ArenaSides = ArenaSides(),
               defaults: GenerationSettings = GenerationSettings(), title: str = "Flywheel",
-              concurrency_limit: int = 4, header: str | None = None, access: Access = Access()) -> gr.Blocks:
+              concurrency_limit: int = MAX_BATCH, header: str | None = None, access: Access = Access(),
+              guard: ToxicityGuard | None = None, online: OnlineLearning | None = None) -> gr.Blocks:
     """Build the seven-tab app around one generation backend (a local `Engine` or an `OpenAIBackend`).
 
     `access` sets the quotas, Hugging Face sign-in and the queue length. Every generate
-    endpoint shares one concurrency group of `concurrency_limit` (they share one model).
+    endpoint shares one concurrency group of `concurrency_limit` (the engine decodes them together).
+    `guard` checks every answer before it is final (the detox tab's score uses its scorer);
+    `online` (already started) learns from the ratings and flags of its tabs, and gets a status
+    panel and the `online_status` endpoint.
 
     Example:
         >>> from serving.engine import Engine
@@ -68,7 +79,8 @@ def build_app(engine: GenerationBackend, *, feedback: Any | None = None, arena: 
         >>> app.launch(max_file_size=MAX_FILE_SIZE)            # doctest: +SKIP
     """
     suite = Suite(engine, feedback=feedback, arena=arena, quotas=Quotas(access.limits),
-                  require_login=access.require_login)
+                  require_login=access.require_login, guard=guard, online=online,
+                  toxicity=guard.scorer if guard is not None else None)
     tabs = _Tabs(suite, access, concurrency_limit)
     with gr.Blocks(title=title) as app:
         gr.Markdown(header or f"# {title}\nDemos that learn from you: every answer can be flagged, "
@@ -84,6 +96,12 @@ def build_app(engine: GenerationBackend, *, feedback: Any | None = None, arena: 
                         tabs.arena(task, settings)
                     else:
                         tabs.task(task, settings)
+        if online is not None:
+            with gr.Accordion("Online learning: updates, probe scores, rollbacks", open=False):
+                panel = gr.JSON(show_label=False, elem_id="online-status")
+                refresh = gr.Button("Refresh", size="sm", elem_id="online-refresh")
+                refresh.click(online.status, None, panel, api_name="online_status")
+                app.load(online.status, None, panel, **PRIVATE)
     app.queue(default_concurrency_limit=concurrency_limit, max_size=access.queue_size)
     app.flywheel_suite = suite
     return app
@@ -168,7 +186,8 @@ class _Tabs:
                                                   completion=completion, edited=edited.strip()))
             return " ".join(messages)
 
-        send.click(feedback, [*fields, output, flag, edit, served_by], status, api_name=f"feedback_{task.slug}")
+        send.click(feedback, [*fields, output, flag, edit, served_by], status, api_name=f"feedback_{task.slug}",
+                   **FEEDBACK_EVENT)
         return edit
 
     def _ratings_feedback(self, task: Task, fields: list[gr.Textbox], output: gr.Textbox,
@@ -203,7 +222,8 @@ class _Tabs:
                                      kind="rating", completion=completion, ratings=ratings,
                                      reward=task.reward_from_ratings(ratings))
 
-        send.click(feedback, [*fields, output, *sliders, served_by], status, api_name=f"feedback_{task.slug}")
+        send.click(feedback, [*fields, output, *sliders, served_by], status, api_name=f"feedback_{task.slug}",
+                   **FEEDBACK_EVENT)
 
     def arena(self, task: Task, settings: SettingsPanel) -> None:
         fields = _inputs(task)
@@ -212,11 +232,17 @@ class _Tabs:
         with gr.Row():
             answer_a = gr.Textbox(label="Answer A", lines=8, interactive=False, elem_id="arena-a")
             answer_b = gr.Textbox(label="Answer B", lines=8, interactive=False, elem_id="arena-b")
-        with gr.Accordion("Served by (model, adapter, revision, settings, tickets)", open=False):
-            served_by = gr.JSON(show_label=False)
-        vote = gr.Radio(list(ARENA_VOTES), label="Which answer is better?", elem_id="arena-vote")
+        # Blind: the served-by (with the tickets) travels with the answers but is not shown; the vote's
+        # confirmation names the models.
+        served_by = gr.JSON(visible=False)
+        vote = gr.Radio(list(ARENA_VOTES), label="Which answer is better? (which model wrote which is revealed "
+                        "after your vote)", elem_id="arena-vote")
         send = gr.Button("Send vote", elem_id="arena-send")
         status = gr.Markdown(elem_id="arena-status")
+        with gr.Accordion("Leaderboard: Bradley-Terry ratings from the votes, 95% bootstrap intervals", open=False):
+            board = gr.Dataframe(headers=list(LEADERBOARD_HEADER), interactive=False, elem_id="arena-leaderboard")
+            refresh = gr.Button("Refresh", size="sm", elem_id="arena-leaderboard-refresh")
+        refresh.click(self.suite.arena_leaderboard, None, board, api_name="arena_leaderboard")
 
         def generate(request: gr.Request, profile: gr.OAuthProfile | None, *values: Any):
             yield from self.suite.generate_arena(list(values), visitor=self.visitor(request, profile))
@@ -232,4 +258,5 @@ class _Tabs:
             return self.suite.record_vote(inputs, served, self.visitor(request, profile), answers=(a, b),
                                           choice=choice)
 
-        send.click(feedback, [*fields, answer_a, answer_b, vote, served_by], status, api_name="feedback_arena")
+        send.click(feedback, [*fields, answer_a, answer_b, vote, served_by], status, api_name="feedback_arena",
+                   **FEEDBACK_EVENT)

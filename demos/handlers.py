@@ -14,8 +14,9 @@ send feedback.
 from __future__ import annotations
 
 import logging
+import random
 from collections.abc import Iterator
-from contextlib import closing
+from contextlib import closing, nullcontext
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -23,6 +24,7 @@ import gradio as gr
 
 from demos.quotas import Quotas, Visitor
 from demos.settings import settings_from_values
+from hub.arena import leaderboard, load_matches, player_name, table_rows
 from hub.errors import FlywheelError
 from hub.feedback.records import MAX_TEXT_CHARS, MODEL_KEYS
 from hub.feedback.tickets import (
@@ -37,6 +39,8 @@ from hub.feedback.tickets import (
 )
 from serving.backends import GenerationBackend
 from serving.engine import BASE_LABEL, GenerationSettings
+from serving.guard import Rejection, ToxicityGuard, guarded, negative_example
+from serving.online import OnlineLearning
 from tasks import InvalidInput, Task, get_task
 
 logger = logging.getLogger(__name__)
@@ -48,9 +52,11 @@ _JSON_TYPES = {dict: "an object", list: "an array", str: "a string", bool: "a bo
 
 @dataclass(frozen=True)
 class ArenaSides:
-    """Which model answers on each side of the arena: an adapter key, or None for the base model.
+    """The arena's two candidates: each an adapter key, or None for the base model.
 
-    When both sides use the same model, side B samples with `b_temperature` so they differ.
+    The arena is blind: each request draws which candidate answers as A, and the vote's
+    confirmation is the first place that names them. When both are the same model, the second
+    samples with `b_temperature` so they differ (and there is nothing to hide).
     """
 
     a: str | None = None
@@ -76,12 +82,18 @@ class Suite:
         require_login: refuse feedback from people not signed in with Hugging Face.
         key: the ticket-signing key (default `hub.feedback.tickets.secret_key()`).
         ticket_ttl: seconds an output stays open to feedback.
+        guard: scores every answer before it is final (`serving.guard`); None serves them unchecked.
+        online: the tabs that learn from their ratings and flags while serving (`serving.online`).
     """
 
     def __init__(self, engine: GenerationBackend, *, feedback: Any | None = None,
                  arena: ArenaSides = ArenaSides(), toxicity: Any | None = None, quotas: Quotas | None = None,
-                 require_login: bool = False, key: bytes | None = None, ticket_ttl: float = TICKET_TTL) -> None:
+                 require_login: bool = False, key: bytes | None = None, ticket_ttl: float = TICKET_TTL,
+                 guard: ToxicityGuard | None = None, online: OnlineLearning | None = None) -> None:
         self.engine = engine
+        self._coin = random.SystemRandom()
+        self.guard = guard
+        self.online = online
         self.feedback = feedback
         self.arena = arena
         self.quotas = quotas
@@ -98,20 +110,16 @@ class Suite:
         task = get_task(slug)
         self._admit("generation", visitor)
         inputs, settings = self._parse(task, values)
-        adapter = slug if slug in self.engine.adapters() else None
-        served_by = self._served_by(adapter, settings)
-        text = ""
+        online = self.online.adapter_key(slug) if self.online is not None else None
+        adapter = online or (slug if slug in self.engine.adapters() else None)
         try:
             # closing(): a client that goes away closes this generator, which stops the engine at once.
-            with closing(self.engine.stream(task, inputs, settings, adapter=adapter,
-                                            on_start=self._pin(served_by))) as stream:
-                for text in stream:
-                    yield self._outputs(task, text, served_by, final=False)
+            with closing(self._serve(task, inputs, settings, adapter)) as steps:
+                for text, served_by, final in steps:
+                    yield self._outputs(task, text, served_by, final=final)
         except Exception as error:  # noqa: BLE001 - reported to the person, server keeps going
             logger.exception("Generation failed for %s", slug)
             raise refusal(user_message(error)) from None
-        self._sign(task, inputs, text, served_by)
-        yield self._outputs(task, text, served_by, final=True)
 
     def generate_arena(self, values: list[Any], *,
                        visitor: Visitor | None = None) -> Iterator[tuple[str, str, dict[str, Any]]]:
@@ -127,19 +135,56 @@ class Suite:
             seed = None if settings.seed is None else (settings.seed + 1) % (2**63)
             b_settings = GenerationSettings(**{**asdict(settings), "temperature": self.arena.b_temperature,
                                                "seed": seed})
-        served = {"A": self._served_by(a_key, settings), "B": self._served_by(b_key, b_settings)}
+        candidates = [(a_key, settings), (b_key, b_settings)]
+        if a_key != b_key and self._coin.random() < 0.5:  # blind: no side belongs to a model
+            candidates.reverse()
+        served = {side: self._served_by(key, chosen) for side, (key, chosen) in zip("AB", candidates, strict=True)}
         answers = {"A": "", "B": ""}
         try:
-            for side, key, side_settings in (("A", a_key, settings), ("B", b_key, b_settings)):
-                with closing(self.engine.stream(task, inputs, side_settings, adapter=key,
-                                                on_start=self._pin(served[side]))) as stream:
-                    for answers[side] in stream:
+            for side, (key, side_settings) in zip("AB", candidates, strict=True):
+                with closing(self._serve(task, inputs, side_settings, key)) as steps:
+                    for answers[side], served[side], _ in steps:
                         yield answers["A"], answers["B"], served
-                self._sign(task, inputs, answers[side], served[side])
         except Exception as error:  # noqa: BLE001
             logger.exception("Arena generation failed")
             raise refusal(user_message(error)) from None
         yield answers["A"], answers["B"], served
+
+    def _serve(self, task: Task, inputs: dict[str, str], settings: GenerationSettings,
+               adapter: str | None) -> Iterator[tuple[str, dict[str, Any], bool]]:
+        """Stream (text, served-by, final) of one answer through the guard; the final served-by has the
+        ticket, unless the guard withheld every attempt (then the text is its message, with no ticket)."""
+        attempts: list[dict[str, Any]] = []
+
+        def generate(attempt: GenerationSettings) -> Iterator[str]:
+            attempts.append(self._served_by(adapter, attempt))
+            return self.engine.stream(task, inputs, attempt, adapter=adapter, on_start=self._pin(attempts[-1]))
+
+        def rejected(rejection: Rejection) -> None:
+            self._record_guarded(task, inputs, rejection, attempts[-1])
+
+        with self.online.generating() if self.online is not None else nullcontext():
+            for step in guarded(generate, settings, guard=self.guard, on_reject=rejected):
+                served_by = attempts[-1]
+                if step.withheld:
+                    served_by["withheld"] = "toxicity"
+                elif step.final:
+                    self._sign(task, inputs, step.text, served_by)
+                yield step.text, served_by, step.final
+
+    def _record_guarded(self, task: Task, inputs: dict[str, str], rejection: Rejection,
+                        served_by: dict[str, Any]) -> None:
+        """Keep a refused answer as a negative detox example; a failure to store it never fails the request."""
+        if self.feedback is None:
+            return
+        try:
+            record = self.feedback.log(**negative_example(task, inputs, rejection),
+                                       model={key: served_by[key] for key in MODEL_KEYS})
+        except (InvalidInput, FlywheelError) as error:
+            logger.warning("The guard's negative example was not stored: %s", error)
+            return
+        if self.online is not None:
+            self.online.observe(record)
 
     def _parse(self, task: Task, values: list[Any]) -> tuple[dict[str, str], GenerationSettings]:
         n = len(task.fields)
@@ -163,7 +208,12 @@ class Suite:
     def _provenance(self, info: Any) -> dict[str, Any]:
         """The adapter, revision and backend (e.g. the server and its LoRA name) that answer."""
         return {"adapter": info.ref if info else None, "revision": info.revision if info else None,
-                "label": info.label if info else BASE_LABEL, "backend": self.engine.describe(info)}
+                "label": self._label(info), "backend": self.engine.describe(info)}
+
+    def _label(self, info: Any) -> str:
+        """"online, update N" for a tab's online adapter, else the adapter's ref@revision, else the base model."""
+        online = self.online.label(info) if self.online is not None else None
+        return online or (info.label if info else BASE_LABEL)
 
     def _sign(self, task: Task, inputs: dict[str, str], text: str, served_by: dict[str, Any]) -> None:
         served_by["ticket"] = sign_ticket(key=self._key, task=task.slug, inputs=inputs, completion=text,
@@ -173,7 +223,7 @@ class Suite:
     def _outputs(self, task: Task, text: str, served_by: dict[str, Any], *, final: bool) -> tuple[Any, ...]:
         if task.slug != "detox":
             return text, served_by
-        score = self.toxicity_of(text) if final and text.strip() else None
+        score = self.toxicity_of(text) if final and text.strip() and "withheld" not in served_by else None
         return text, served_by, score
 
     def toxicity_of(self, text: str) -> float | None:
@@ -221,10 +271,20 @@ class Suite:
                    for side, answer in zip("AB", answers, strict=True)}
         a, b = answers
         chosen, rejected, winner = (b, a, "B") if choice == "B" else (a, b, "A")
-        return self._store(task, values, visitor, list(tickets.values()), kind="preference", chosen=chosen,
-                           rejected=rejected, tie=choice in ("tie", "both bad"), label=choice.replace(" ", "-"),
-                           model=tickets[winner].model, generation=tickets[winner].generation,
-                           sides={side: ticket.model for side, ticket in tickets.items()})
+        thanks = self._store(task, values, visitor, list(tickets.values()), kind="preference", chosen=chosen,
+                             rejected=rejected, tie=choice in ("tie", "both bad"), label=choice.replace(" ", "-"),
+                             model=tickets[winner].model, generation=tickets[winner].generation,
+                             sides={side: ticket.model for side, ticket in tickets.items()})
+        revealed = {side: player_name(ticket.model) or "an unknown model" for side, ticket in tickets.items()}
+        return f"{thanks} Answer A came from {revealed['A']}, answer B from {revealed['B']}."
+
+    def arena_leaderboard(self) -> list[list[str]]:
+        """The arena's Bradley-Terry leaderboard from the votes this app stored (`hub.arena`), as table rows."""
+        folder = getattr(self.feedback, "folder", None)
+        if folder is None:
+            return []
+        matches, _, _ = load_matches(str(folder))
+        return table_rows(leaderboard(matches)) if matches else []
 
     def _admit_feedback(self, slug: str, values: list[Any], visitor: Visitor | None) -> tuple[Task, dict[str, str]]:
         if self.feedback is None:
@@ -274,6 +334,8 @@ class Suite:
             for ticket in claimed:  # nothing was stored: the person may try again
                 self._spent.release(ticket, kind)
             raise error if isinstance(error, gr.Error) else refusal(str(error)) from None
+        if self.online is not None:
+            self.online.observe(record)  # queued: the update runs in the background
         return f"Thanks! Saved your {kind} (record {record['id'][:8]})."
 
     def _user_hash(self, visitor: Visitor) -> str | None:

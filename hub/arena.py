@@ -170,6 +170,47 @@ def leaderboard(matches: Sequence[Match], *, rounds: int = 200, confidence: floa
     return sorted(standings, key=lambda s: -s.rating)
 
 
+def is_revision(player: str, revision: str | None) -> bool:
+    """Whether `player` is one adapter revision (None: the bare base model), whatever its repo was called."""
+    return player.endswith(" (base model)") if revision is None else player.endswith(f"@{revision[:12]}")
+
+
+@dataclass(frozen=True)
+class HeadToHead:
+    """Two revisions compared on the votes between them alone."""
+
+    votes: int
+    challenger_score: float
+    """The challenger's wins plus half the ties."""
+    p_challenger: float
+    """Bradley-Terry probability that the challenger's answer is preferred."""
+    low: float
+    high: float
+    """The bootstrap interval of `p_challenger`."""
+
+
+def head_to_head(matches: Sequence[Match], *, champion: str | None, challenger: str, rounds: int = 200,
+                 seed: int = 0) -> HeadToHead:
+    """How the `challenger` revision fares against the `champion` revision (None: the base model)."""
+    sides = {}
+    for match in matches:
+        for player, revision, name in ((match.a, champion, "champion"), (match.a, challenger, "challenger"),
+                                       (match.b, champion, "champion"), (match.b, challenger, "challenger")):
+            if is_revision(player, revision):
+                sides[player] = name
+    games = [Match(sides[m.a], sides[m.b], m.winner) for m in matches
+             if m.a in sides and m.b in sides and sides[m.a] != sides[m.b]]
+    if not games:
+        return HeadToHead(0, 0.0, 0.5, 0.0, 1.0)
+    standings = {s.player: s for s in leaderboard(games, rounds=rounds, seed=seed)}
+    best = standings["challenger"]
+
+    def chance(rating: float) -> float:  # two players' ratings are centred on ELO_MEAN: the gap is twice
+        return 1 / (1 + math.exp(-2 * (rating - ELO_MEAN) / ELO_SCALE))
+
+    return HeadToHead(len(games), best.score, chance(best.rating), chance(best.low), chance(best.high))
+
+
 HEADER = ("rank", "model", "rating", "95% CI", "votes", "win rate")
 
 

@@ -2,13 +2,19 @@
 
 A round appends one row whatever it decided, so the repo says how its serving adapter came to be:
 
-    {"round": 3, "task": "tweet", "method": "ppo", "main_metric": "reward", "higher_is_better": true,
-     "rows": {"new": 40, "bound": 120, "kinds": {"rating": 40}, "trained_on": 96, "feedback_revision": "..."},
-     "champion": {"revision": "3f2a...", "metrics": {...}}, "challenger": {"revision": "9c01...", "metrics": {...}},
-     "margin": 0.01, "decision": "promoted", "reason": "...", "revision": "<repo revision after the round>", ...}
+    {"round": 3, "task": "tweet", "method": "reward+ppo", "main_metric": "reward", "higher_is_better": true,
+     "rows": {"new": 40, "bound": 120, "signals": {"rating": 120}, "new_signals": {"rating": 40},
+              "trained_on": 96, "feedback_revision": "..."},
+     "champion": {"adapter": "me/flywheel-tweet-loop@3f2a...", "revision": "3f2a...", "metrics": {...}},
+     "challenger": {"revision": "9c01...", "metrics": {...}, "evaluated_on": 32},
+     "margin": 0.01, "decision": "promoted", "reason": "...", "seconds": 912.4, ...}
 
-`decision` is `promoted` (the challenger now serves), `kept` (the champion stays) or `failed`
-(training stopped; `reason` says why). `ledger.png` plots the main metric of both sides per round.
+The champion's revision is the repo's (a Hub commit, or a folder's content hash); the challenger's
+is the content hash of its weights, so the commit a promotion made is the next round's champion.
+
+`decision` is `promoted` (the challenger now serves), `kept` (the champion stays), `failed`
+(training stopped; `reason` says why) or `pending` (waiting for arena votes; a second row of the
+same round, `"stage": "arena"`, decides it). `ledger.png` plots the main metric of both sides per round.
 
 Example:
     >>> import tempfile
@@ -30,7 +36,7 @@ from hub.errors import FlywheelError, first_line
 from hub.publish import LEDGER_FILE, LEDGER_PLOT
 from hub.repos import HUB_ERRORS, is_local_ref
 
-DECISIONS = ("promoted", "kept", "failed")
+DECISIONS = ("promoted", "kept", "failed", "pending")
 Round = dict[str, Any]
 
 
@@ -75,6 +81,11 @@ def write_ledger(rows: list[Round], folder: Path) -> list[Path]:
     return [ledger, plot_ledger(rows, folder / LEDGER_PLOT)]
 
 
+def decided(rows: list[Round]) -> list[Round]:
+    """The last row of each round (an arena decision replaces its pending row)."""
+    return list({row["round"]: row for row in rows}.values())
+
+
 def main_metric_of(row: Round, side: str) -> float | None:
     """The main metric the round measured for `side` (`champion` or `challenger`), or None."""
     value = ((row.get(side) or {}).get("metrics") or {}).get(row.get("main_metric") or "")
@@ -88,6 +99,7 @@ def plot_ledger(rows: list[Round], path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    rows = decided(rows)
     figure, axis = plt.subplots(figsize=(6.4, 3.4))
     for side, style in (("champion", "o-"), ("challenger", "s--")):
         points = [(row["round"], value) for row in rows if (value := main_metric_of(row, side)) is not None]
@@ -116,7 +128,7 @@ def rounds_section(rows: list[Round], *, last: int = 10) -> str:
     lines = [f"![main metric across rounds]({LEDGER_PLOT})", "",
              f"Every round is one line of `{LEDGER_FILE}` in this repo.", "",
              "| round | method | rows | champion | challenger | decision | revision |", "|---|---|---|---|---|---|---|"]
-    for row in rows[-last:]:
+    for row in decided(rows)[-last:]:
         cells = [_number(main_metric_of(row, side)) for side in ("champion", "challenger")]
         trained = (row.get("rows") or {}).get("trained_on", "")
         lines.append(f"| {row.get('round')} | {row.get('method', '')} | {trained} | {cells[0]} | {cells[1]} | "

@@ -19,6 +19,8 @@ module reads the variables that configure it and uploads that layout.
 | `FLYWHEEL_PROXY_HOPS` | proxies in front of the app appending to `X-Forwarded-For` | 1 on a Space, else 0 |
 | `FLYWHEEL_BACKEND` | where answers are generated: `local`, or `openai=URL` (e.g. a vLLM server) | `local` |
 | `FLYWHEEL_LORA_SOURCE` | with `openai=URL`, the server reads adapters from: `cache` (shared path), `hub` | `cache` |
+| `FLYWHEEL_ONLINE` | tabs that learn from their ratings and flags while serving (`serving.online`) | none |
+| `FLYWHEEL_GUARD` | `toxicity[=THRESHOLD]`: every output is checked before it is served, or `off` | `toxicity` |
 
 `HF_TOKEN` is a Space *secret* that you set yourself (Space settings -> Variables and
 secrets); deploy never uploads a token. So is `FLYWHEEL_SECRET`, the key that signs outputs
@@ -55,8 +57,9 @@ HUB_TIMEOUT, ADAPTER_MAX_MB = "FLYWHEEL_HUB_TIMEOUT", "FLYWHEEL_ADAPTER_MAX_MB"
 REQUIRE_LOGIN, LIMITS = "FLYWHEEL_REQUIRE_LOGIN", "FLYWHEEL_LIMITS"
 QUEUE_SIZE, PROXY_HOPS = "FLYWHEEL_QUEUE_SIZE", "FLYWHEEL_PROXY_HOPS"
 BACKEND, LORA_SOURCE = "FLYWHEEL_BACKEND", "FLYWHEEL_LORA_SOURCE"
+ONLINE, GUARD, DEFAULT_GUARD = "FLYWHEEL_ONLINE", "FLYWHEEL_GUARD", "toxicity"
 VARIABLES = (MODEL, ADAPTERS, FEEDBACK_REPO, FEEDBACK_MINUTES, POLL_SECONDS, ARENA, HUB_TIMEOUT, ADAPTER_MAX_MB,
-             REQUIRE_LOGIN, LIMITS, QUEUE_SIZE, PROXY_HOPS, BACKEND, LORA_SOURCE)
+             REQUIRE_LOGIN, LIMITS, QUEUE_SIZE, PROXY_HOPS, BACKEND, LORA_SOURCE, ONLINE, GUARD)
 DESCRIPTIONS = {
     MODEL: "Base model (Hub id)",
     ADAPTERS: "slug=adapter repo pairs, comma separated; polled for new revisions unless pinned (repo@rev)",
@@ -72,6 +75,8 @@ DESCRIPTIONS = {
     PROXY_HOPS: "Proxies in front of the app appending to X-Forwarded-For",
     BACKEND: "Where answers are generated: local, or openai=URL (an OpenAI-compatible server such as vLLM)",
     LORA_SOURCE: "With openai=URL, where the server reads adapters: cache (a path it shares) or hub (repo ids)",
+    ONLINE: "Tabs that learn online from their ratings and flags, comma separated (e.g. tweet,detox)",
+    GUARD: "toxicity[=THRESHOLD]: withhold outputs scored toxic (default toxicity=0.5), or off",
 }
 SECRET_NOTE = ("Secret FLYWHEEL_SECRET: set it (32+ random characters) so the key that signs outputs for "
                "feedback survives restarts; without it a key is made per FLYWHEEL_HOME.")
@@ -108,6 +113,10 @@ class SpaceConfig:
     (`serving.backends.BackendSpec`)."""
     lora_source: str | None = None
     """With `openai=URL`: `cache` or `hub` (None: cache; see `serving.openai_backend`)."""
+    online: str = ""
+    """Comma-separated task slugs learning online; the app checks them (`serving.online.parse_online_tasks`)."""
+    guard: str = DEFAULT_GUARD
+    """`toxicity[=THRESHOLD]` or `off`: on by default, a public Space must not serve toxic text (`serving.guard`)."""
 
     def __post_init__(self) -> None:
         self.adapters = {key: AdapterSpec.of(spec) for key, spec in self.adapters.items()}
@@ -132,6 +141,7 @@ class SpaceConfig:
         config.queue_size = int(_number(env, QUEUE_SIZE, 1, minimum=1)) if env.get(QUEUE_SIZE) else None
         config.proxy_hops = int(_number(env, PROXY_HOPS, 0, minimum=0)) if env.get(PROXY_HOPS) else None
         config.backend, config.lora_source = env.get(BACKEND) or None, env.get(LORA_SOURCE) or None
+        config.online, config.guard = env.get(ONLINE) or "", env.get(GUARD) or DEFAULT_GUARD
         return config
 
     def to_variables(self) -> dict[str, str]:
@@ -160,6 +170,10 @@ class SpaceConfig:
             variables[BACKEND] = self.backend
         if self.lora_source:
             variables[LORA_SOURCE] = self.lora_source
+        if self.online:
+            variables[ONLINE] = self.online
+        if self.guard != DEFAULT_GUARD:
+            variables[GUARD] = self.guard
         return variables
 
 
@@ -352,6 +366,10 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser.add_argument("--lora-source", metavar="cache|hub",
                         help="With --backend: where the server reads adapters (sets FLYWHEEL_LORA_SOURCE; a Space "
                              "shares no disk with the server, so `hub`).")
+    parser.add_argument("--online", default="", metavar="SLUG[,SLUG]",
+                        help="Tabs that learn from their ratings and flags while serving (sets FLYWHEEL_ONLINE).")
+    parser.add_argument("--guard", default=DEFAULT_GUARD, metavar="toxicity[=T]|off",
+                        help="The toxicity guard (sets FLYWHEEL_GUARD; default on, threshold 0.5).")
     parser.add_argument("--private", action="store_true", help="Create the Space as private.")
     parser.add_argument("--dry-run", action="store_true",
                         help="List the files and variables, upload nothing.")
@@ -367,7 +385,8 @@ def run_deploy(args: argparse.Namespace) -> int:
     config = SpaceConfig(model=args.model, adapters=parse_adapter_specs(args.adapter, arena_sides=arena),
                          feedback_repo=args.feedback_repo, feedback_minutes=args.feedback_minutes,
                          poll_seconds=args.poll_seconds, arena=arena, require_login=args.require_login,
-                         limits=",".join(args.limit), backend=args.backend, lora_source=args.lora_source)
+                         limits=",".join(args.limit), backend=args.backend, lora_source=args.lora_source,
+                         online=args.online, guard=args.guard)
     plan = plan_deploy(args.repo, config, private=args.private)
     if args.dry_run:
         print("Dry run: nothing uploaded.\n" + plan.describe())

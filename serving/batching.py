@@ -13,10 +13,10 @@ module reuses from transformers and PEFT instead: each row's logits processors a
 `generate` would build for its settings (`_get_logits_processor`), the batch's KV cache is a
 `DynamicCache`, and PEFT applies each row's LoRA adapter inside one forward (`adapter_names`).
 
-The batch's cache is left-padded: a row that joins or leaves realigns it once, and every
-decode step passes the padding mask and each row's own position ids. Batched float arithmetic
-can flip a greedy near-tie compared with decoding a request alone; nothing else differs.
-Encoder-decoder models are served one request at a time through `generate`.
+The rows and their left-padded cache are `serving.batch_rows`. Batched float arithmetic can flip
+a greedy near-tie compared with decoding a request alone; nothing else differs. PEFT cannot mix
+DoRA adapters per row, so each DoRA adapter decodes its rows in a batch of its own. Encoder-decoder
+models are served one request at a time through `generate`.
 """
 
 from __future__ import annotations
@@ -28,10 +28,13 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from serving.batch_rows import Row, RowBatch
+
 logger = logging.getLogger(__name__)
 
-BASE_ROW = "__base__"
-"""PEFT's name for "no adapter" in a mixed-adapter batch."""
+MAX_BATCH = 16
+"""Rows decoded together at most, by default; more requests wait for a free row. (On 2 CPU cores
+bare `generate` makes ~4x the tokens/s at batch 8 than at batch 1: see DESIGN.md.)"""
 _END = object()
 
 
@@ -132,17 +135,17 @@ class Request:
 
 
 class Batcher:
-    """Runs submitted `Request`s on the model `model()` returns (read anew every step, as loading
+    """Runs submitted `Request`s on the model `model()` returns (read anew every turn, as loading
     the first adapter wraps the model in a PeftModel), at most `max_batch` rows at once."""
 
-    def __init__(self, model: Callable[[], Any], *, lock: ModelLock, max_batch: int = 16) -> None:
+    def __init__(self, model: Callable[[], Any], *, lock: ModelLock, max_batch: int = MAX_BATCH) -> None:
         if max_batch < 1:
             raise ValueError("max_batch must be at least 1")
         self.max_batch = max_batch
         self._model = model
         self._lock = lock
         self._waiting: list[Request] = []
-        self._wake = threading.Condition()
+        self._wake = threading.Lock()
         self._running = False
 
     @property
@@ -169,17 +172,17 @@ class Batcher:
             return joining
 
     def _run(self) -> None:
-        batch = _Batch()
+        batches: dict[str | None, RowBatch] = {}
         try:
-            self._loop(batch)
+            self._loop(batches)
         except BaseException as error:  # a bug here must not leave requests waiting forever
             logger.exception("The batching loop stopped")
             with self._wake:
                 stranded, self._waiting, self._running = self._waiting, [], False
-            for request in [*(row.request for row in batch.rows), *stranded]:
+            for request in [*(row.request for batch in batches.values() for row in batch.rows), *stranded]:
                 request.finish(error)
 
-    def _loop(self, batch: _Batch) -> None:
+    def _loop(self, batches: dict[str | None, RowBatch]) -> None:
         import torch
 
         while True:
@@ -187,24 +190,26 @@ class Batcher:
             with self._lock.step(), torch.inference_mode():
                 model = self._model()
                 alone = getattr(model.config, "is_encoder_decoder", False)
-                joining = self._take_waiting(1 if alone else self.max_batch - len(batch.rows), bool(batch.rows))
+                rows = sum(len(batch.rows) for batch in batches.values())
+                joining = self._take_waiting(1 if alone else self.max_batch - rows, rows > 0)
                 if joining is None:
                     return
-                if alone:
-                    for request in joining:
-                        _run_alone(model, request)
-                    continue
                 for request in joining:
-                    self._join(model, batch, request)
-                if batch.rows:
-                    self._step(model, batch)
+                    if alone:
+                        _run_alone(model, request)
+                    else:
+                        self._join(model, batches, request)
+                for batch in batches.values():
+                    if batch.rows:
+                        self._step(model, batch)
 
-    def _join(self, model: Any, batch: _Batch, request: Request) -> None:
+    @staticmethod
+    def _join(model: Any, batches: dict[str | None, RowBatch], request: Request) -> None:
         if request.cancelled:
             request.finish()
             return
         try:
-            row, cache = _Row.prefill(model, request)
+            row, cache = Row.prefill(model, request)
         except Exception as error:  # noqa: BLE001 - this request fails, the batch goes on
             logger.exception("Prefill failed")
             request.finish(error)
@@ -212,184 +217,23 @@ class Batcher:
         if row.done:
             request.finish()
         else:
-            batch.join(row, cache)
+            batches.setdefault(row.group, RowBatch(row.group)).join(row, cache)
 
-    def _step(self, model: Any, batch: _Batch) -> None:
-        import torch
-
+    @staticmethod
+    def _step(model: Any, batch: RowBatch) -> None:
         try:
-            batch.drop_cancelled()
-            if not batch.rows:
-                return
-            logits = _forward(model, batch.next_inputs(), [row.adapter for row in batch.rows])
-            for index, row in enumerate(batch.rows):
-                row.take(logits[index:index + 1].to(dtype=torch.float32))
-            batch.drop_done()
-        except Exception as error:  # noqa: BLE001 - every row in this step fails, the server goes on
+            leaving = batch.keep([i for i, row in enumerate(batch.rows) if not row.request.cancelled])
+            if batch.rows:
+                batch.step(model)
+                leaving += batch.keep([i for i, row in enumerate(batch.rows) if not row.done])
+        except Exception as error:  # noqa: BLE001 - every row of this batch fails, the server goes on
             logger.exception("Decode step failed")
             for row in batch.rows:
                 row.request.finish(error)
             batch.clear()
-
-
-class _Row:
-    """One request inside the batch: its tokens so far, logits processors, sampler and stop rule."""
-
-    def __init__(self, model: Any, request: Request) -> None:
-        import torch
-
-        base = model.get_base_model() if hasattr(model, "get_base_model") else model
-        self.request = request
-        self.ids = request.encoded["input_ids"]
-        self.position = self.ids.shape[1]
-        self.adapter = request.adapter or BASE_ROW
-        config, _ = base._prepare_generation_config(None, **request.generate_kwargs)
-        base._prepare_special_tokens(config, True, device=self.ids.device)
-        # Exactly the processors `generate` would apply for these settings (repetition penalty, warpers, ...).
-        self.processors = base._get_logits_processor(generation_config=config, input_ids_seq_length=self.position,
-                                                     encoder_input_ids=self.ids, device=self.ids.device,
-                                                     model_kwargs={})
-        eos = config._eos_token_tensor
-        self.eos = set() if eos is None else set(eos.reshape(-1).tolist())
-        self.max_new_tokens = config.max_new_tokens
-        self.generated = 0
-        self.sampler: torch.Generator | None = None
-        if config.do_sample:
-            self.sampler = torch.Generator(device=self.ids.device)
-            if request.seed is None:
-                self.sampler.seed()
-            else:
-                self.sampler.manual_seed(request.seed)
-
-    @classmethod
-    def prefill(cls, model: Any, request: Request) -> tuple[_Row, Any]:
-        """Run the prompt alone; return the row (holding its first token) and its KV cache."""
-        import torch
-        from transformers import DynamicCache
-
-        row = cls(model, request)
-        cache = DynamicCache()
-        inputs = {"input_ids": row.ids, "position_ids": torch.arange(row.position).unsqueeze(0), "cache": cache}
-        base = model.get_base_model() if hasattr(model, "get_base_model") else model
-        if base._supports_logits_to_keep():
-            inputs["logits_to_keep"] = 1
-        logits = _forward(model, inputs, [row.adapter])
-        row.take(logits.to(dtype=torch.float32))
-        return row, cache
-
-    @property
-    def done(self) -> bool:
-        return self.request.cancelled or self.generated >= self.max_new_tokens or (
-            self.generated > 0 and int(self.ids[0, -1]) in self.eos)
-
-    def take(self, logits: Any) -> None:
-        """Choose the next token from this row's last logits (shape [1, vocab]) and emit it."""
-        import torch
-
-        scores = self.processors(self.ids, logits)
-        if self.sampler is None:
-            token = int(scores.argmax(dim=-1))
-        else:
-            token = int(torch.multinomial(scores.softmax(dim=-1), 1, generator=self.sampler))
-        self.ids = torch.cat([self.ids, self.ids.new_tensor([[token]])], dim=1)
-        self.generated += 1
-        self.request.emit(token)
-
-
-class _Batch:
-    """The running rows and their shared, left-padded KV cache (`mask` marks the real positions)."""
-
-    def __init__(self) -> None:
-        self.clear()
-
-    def clear(self) -> None:
-        self.rows: list[_Row] = []
-        self.cache: Any = None
-        self.mask: Any = None
-
-    def join(self, row: _Row, cache: Any) -> None:
-        import torch
-
-        if not self.rows:
-            self.rows, self.cache = [row], cache
-            self.mask = torch.ones(1, cache.get_seq_length(), dtype=torch.long)
             return
-        length = max(self.mask.shape[1], cache.get_seq_length())
-        self.cache = _cache_of([
-            (torch.cat([_pad_left(old_k, length), _pad_left(new_k, length)]),
-             torch.cat([_pad_left(old_v, length), _pad_left(new_v, length)]))
-            for (old_k, old_v), (new_k, new_v) in zip(_layers(self.cache), _layers(cache), strict=True)
-        ])
-        new_mask = torch.ones(1, cache.get_seq_length(), dtype=torch.long)
-        self.mask = torch.cat([_pad_left(self.mask, length), _pad_left(new_mask, length)])
-        self.rows.append(row)
-
-    def next_inputs(self) -> dict[str, Any]:
-        """The forward inputs that feed every row's last token (counted in the cache from now on)."""
-        import torch
-
-        self.mask = torch.cat([self.mask, self.mask.new_ones(len(self.rows), 1)], dim=1)
-        positions = torch.tensor([[row.position] for row in self.rows])
-        for row in self.rows:
-            row.position += 1
-        return {"input_ids": torch.cat([row.ids[:, -1:] for row in self.rows]), "position_ids": positions,
-                # Without padding, no mask: the same attention path `generate` takes for one request.
-                "attention_mask": None if bool(self.mask.all()) else self.mask, "cache": self.cache}
-
-    def drop_cancelled(self) -> None:
-        self._keep([i for i, row in enumerate(self.rows) if not row.request.cancelled])
-
-    def drop_done(self) -> None:
-        self._keep([i for i, row in enumerate(self.rows) if not row.done])
-
-    def _keep(self, indices: list[int]) -> None:
-        """Keep only these rows, trim padding columns no row needs, and finish the others."""
-        import torch
-
-        if len(indices) == len(self.rows):
-            return
-        leaving = [row for i, row in enumerate(self.rows) if i not in set(indices)]
-        if indices:
-            index = torch.tensor(indices)
-            mask = self.mask[index]
-            start = int(mask.any(dim=0).long().argmax())
-            self.cache = _cache_of([(k[index][:, :, start:], v[index][:, :, start:]) for k, v in _layers(self.cache)])
-            self.mask = mask[:, start:]
-            self.rows = [self.rows[i] for i in indices]
-        else:
-            self.clear()
-        for row in leaving:
+        for row in leaving:  # only now: the row holds nothing in the batch any more
             row.request.finish()
-
-
-def _forward(model: Any, inputs: dict[str, Any], adapters: list[str]) -> Any:
-    """The last position's logits, each row through its own adapter when the model holds adapters."""
-    if hasattr(model, "peft_config"):
-        inputs = {**inputs, "adapter_names": adapters}
-    return model(**inputs, use_cache=True).logits[:, -1]
-
-
-def _layers(cache: Any) -> list[tuple[Any, Any]]:
-    return [(layer.keys, layer.values) for layer in cache.layers]
-
-
-def _cache_of(layers: list[tuple[Any, Any]]) -> Any:
-    from transformers import DynamicCache
-
-    return DynamicCache(ddp_cache_data=layers)
-
-
-def _pad_left(tensor: Any, length: int) -> Any:
-    """Zeros on the left of the sequence axis (-2 for keys and values, -1 for the mask) up to `length`."""
-    import torch
-
-    axis = -1 if tensor.dim() == 2 else -2
-    missing = length - tensor.shape[axis]
-    if missing == 0:
-        return tensor
-    shape = list(tensor.shape)
-    shape[axis] = missing
-    return torch.cat([tensor.new_zeros(shape), tensor], dim=axis)
 
 
 def _run_alone(model: Any, request: Request) -> None:

@@ -20,7 +20,7 @@ from typing import Any
 from hub.errors import FlywheelError
 from hub.repos import DEFAULT_LIMITS, HubLimits, resolve_adapter
 from serving.adapters import validate_adapter
-from serving.batching import Batcher, ModelLock, Request
+from serving.batching import MAX_BATCH, Batcher, ModelLock, Request
 from serving.injection import add_adapter, remove_adapter
 from serving.models import LoadedModel
 from serving.slots import AdapterSlots, adapter_label
@@ -97,7 +97,7 @@ class Engine:
         ...     pass
     """
 
-    def __init__(self, loaded: LoadedModel, *, max_batch: int = 16) -> None:
+    def __init__(self, loaded: LoadedModel, *, max_batch: int = MAX_BATCH) -> None:
         self.loaded = loaded
         self._model = loaded.model
         self._slots: AdapterSlots[AdapterInfo] = AdapterSlots()

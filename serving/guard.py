@@ -26,11 +26,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from serving.engine import GenerationSettings
-from tasks import InvalidInput
+from tasks import InvalidInput, Task, get_task
 from tasks.generation import SEED_MAX
 from tasks.toxicity import ToxicityScorer, make_toxicity_scorer
 
@@ -220,6 +220,19 @@ def guarded(generate: Generate, settings: GenerationSettings, *, guard: Toxicity
     if guard is None:
         return unguarded(generate, settings)
     return guard.run(generate, settings, on_reject=on_reject)
+
+
+def negative_example(task: Task, inputs: dict[str, str], rejection: Rejection) -> dict[str, Any]:
+    """The feedback-record fields of a refused answer: a detox flag `toxic` from source `guard`.
+
+    Detox training reads them whichever tab the answer came from: the detox input is the text the
+    model was prompted with (its end, when longer than detox allows), the chat prompt the tab's own.
+    """
+    detox = get_task("detox")
+    limit = detox.fields[0].max_chars
+    return {"task": detox.slug, "kind": "flag", "label": "toxic", "source": "guard",
+            "inputs": {detox.fields[0].name: task.text_prompt(inputs)[-limit:]},
+            "prompt": task.messages(inputs), "completion": rejection.text, "generation": asdict(rejection.settings)}
 
 
 @contextmanager

@@ -42,11 +42,14 @@ from typing import Any
 
 from hub.online import online_home
 from serving.engine import AdapterInfo, Engine
-from serving.judges import Judge, default_judge
+from serving.judges import Judge, default_judge, make_judge, parse_judge_specs
 from serving.online_learner import Activity, OnlineConfig, OnlineLearner, online_key, parse_online_tasks
+from tasks import InvalidInput
 from tasks.toxicity import ToxicityScorer
 
-__all__ = ["Activity", "OnlineConfig", "OnlineLearner", "OnlineLearning", "online_key", "parse_online_tasks"]
+__all__ = ["Activity", "OnlineConfig", "OnlineLearner", "OnlineLearning", "online_key", "parse_online_tasks",
+           "start_online"]
+
 
 class OnlineLearning:
     """The online learners of an app, sharing one `Activity`: what the demos and the Space hold.
@@ -100,3 +103,20 @@ class OnlineLearning:
 
     def status(self) -> dict[str, Any]:
         return {slug: learner.status() for slug, learner in self.learners.items()}
+
+
+def start_online(engine: Engine, tasks: str | Iterable[str], *, judges: Iterable[str] = (),
+                 swap_every: int | None = None, toxicity: ToxicityScorer | None = None) -> OnlineLearning | None:
+    """What `--online` / `FLYWHEEL_ONLINE` ask for, started: None when they name no task.
+
+    `judges` are `SLUG=SPEC` texts (`--online-judge`, see `serving.judges`); `swap_every` is K.
+    Raises `InvalidInput` for a bad task, judge or K, or a backend that cannot train here.
+    """
+    slugs = parse_online_tasks(tasks)
+    if not slugs:
+        return None
+    if swap_every is not None and swap_every < 1:
+        raise InvalidInput(f"Updates between probes and swaps must be at least 1 (got {swap_every}).")
+    config = OnlineConfig() if swap_every is None else OnlineConfig(swap_every=swap_every)
+    chosen = {slug: make_judge(spec) for slug, spec in parse_judge_specs(judges).items()}
+    return OnlineLearning(engine, slugs, config=config, judges=chosen, toxicity=toxicity).start()

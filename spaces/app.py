@@ -50,6 +50,9 @@ from hub.feedback.callback import FeedbackCallback  # noqa: E402
 from hub.paths import choose_home  # noqa: E402
 from hub.space import SpaceConfig  # noqa: E402
 from serving.backends import GenerationBackend, open_backend  # noqa: E402
+from serving.batching import MAX_BATCH  # noqa: E402
+from serving.guard import GuardConfig, ToxicityGuard  # noqa: E402
+from serving.online import OnlineLearning, parse_online_tasks, start_online  # noqa: E402
 from serving.watcher import AdapterWatcher  # noqa: E402
 from tasks import InvalidInput  # noqa: E402
 
@@ -63,13 +66,14 @@ the next adapter. New adapter revisions are picked up while the app runs; each a
 
 @dataclass
 class SpaceApp:
-    """The running pieces: Gradio app, engine, adapter watcher, feedback store."""
+    """The running pieces: Gradio app, engine, adapter watcher, feedback store, online learners."""
 
     blocks: gr.Blocks
     engine: GenerationBackend
     watcher: AdapterWatcher | None
     feedback: FeedbackCallback
     config: SpaceConfig
+    online: OnlineLearning | None = None
 
     def launch(self, **kwargs: Any) -> Any:
         """Start polling for adapters, then `gr.Blocks.launch(**kwargs)` (host/port from GRADIO_* env)."""
@@ -80,14 +84,16 @@ class SpaceApp:
         return self.blocks.launch(**kwargs)
 
     def close(self) -> None:
-        """Stop polling, push pending feedback, stop the server."""
+        """Stop polling, push pending feedback, stop the server, checkpoint the online adapters."""
         if self.watcher is not None:
             self.watcher.stop()
         self.blocks.close()
+        if self.online is not None:
+            self.online.stop()
         self.feedback.close()
 
 
-def create_app(config: SpaceConfig | None = None, *, concurrency_limit: int = 4) -> SpaceApp:
+def create_app(config: SpaceConfig | None = None, *, concurrency_limit: int = MAX_BATCH) -> SpaceApp:
     """Load the base model and current adapters, and build the suite (the watcher starts at launch).
 
     Adapters that cannot be loaded now (repo missing, Hub down or hanging, broken files) are
@@ -96,6 +102,8 @@ def create_app(config: SpaceConfig | None = None, *, concurrency_limit: int = 4)
     """
     config = config or SpaceConfig.from_env()
     access = space_access(config)
+    guard_config = _variable(GuardConfig.parse, config.guard, "FLYWHEEL_GUARD")
+    _variable(parse_online_tasks, config.online, "FLYWHEEL_ONLINE")  # before the model loads
     engine = space_backend(config)
     watcher = None
     if config.adapters:
@@ -104,13 +112,25 @@ def create_app(config: SpaceConfig | None = None, *, concurrency_limit: int = 4)
                                  limits=config.hub_limits)
         for key, outcome in watcher.check_now().items():
             logger.info("Adapter %s: %s", key, outcome)
+    guard = guard_config.build() if guard_config is not None else None
+    online = _variable(lambda tasks: start_online(engine, tasks, toxicity=guard.scorer if guard else None),
+                       config.online, "FLYWHEEL_ONLINE")
     feedback = FeedbackCallback(repo_id=config.feedback_repo, every=config.feedback_minutes)
     feedback.setup()  # starts the Hub sync now, so rows a previous run left unpushed go up at once
     a, b = config.arena
     blocks = build_app(engine, feedback=feedback, arena=ArenaSides(a=a, b=b), header=HEADER,
-                       concurrency_limit=concurrency_limit, title="Flywheel", access=access)
-    _add_status_panel(blocks, engine, watcher, config, feedback)
-    return SpaceApp(blocks=blocks, engine=engine, watcher=watcher, feedback=feedback, config=config)
+                       concurrency_limit=concurrency_limit, title="Flywheel", access=access, guard=guard,
+                       online=online)
+    _add_status_panel(blocks, engine, watcher, config, feedback, guard=guard, online=online)
+    return SpaceApp(blocks=blocks, engine=engine, watcher=watcher, feedback=feedback, config=config, online=online)
+
+
+def _variable(parse: Any, value: str, name: str) -> Any:
+    """`parse(value)`, its `InvalidInput` reported as a `FlywheelError` naming the Space variable."""
+    try:
+        return parse(value)
+    except InvalidInput as error:
+        raise FlywheelError(f"{name}: {error}") from None
 
 
 def space_backend(config: SpaceConfig) -> GenerationBackend:
@@ -141,10 +161,12 @@ def space_access(config: SpaceConfig) -> Access:
 
 
 def _add_status_panel(blocks: gr.Blocks, engine: GenerationBackend, watcher: AdapterWatcher | None,
-                      config: SpaceConfig, feedback: FeedbackCallback) -> None:
-    """An accordion showing what each adapter key serves and the feedback sync's health (last
-    push, rows waiting, last error); also the `/adapters` API endpoint. It opens with a warning
-    when feedback would not survive a restart (no persistent storage)."""
+                      config: SpaceConfig, feedback: FeedbackCallback, *, guard: ToxicityGuard | None = None,
+                      online: OnlineLearning | None = None) -> None:
+    """An accordion showing what each adapter key serves, the feedback sync's health (last push,
+    rows waiting, last error), the guard and the online adapters (updates, probe scores, rollbacks);
+    also the `/adapters` API endpoint. It opens with a warning when feedback would not survive a
+    restart (no persistent storage)."""
     storage_warning = choose_home().warning
 
     def status() -> dict[str, Any]:
@@ -152,7 +174,8 @@ def _add_status_panel(blocks: gr.Blocks, engine: GenerationBackend, watcher: Ada
         return {"base": engine.base_id, "backend": engine.describe(None), "serving": served,
                 "watching": watcher.status() if watcher is not None else {},
                 "poll_seconds": config.poll_seconds, "feedback": feedback.health(),
-                "storage_warning": storage_warning}
+                "guard": guard.describe() if guard is not None else None,
+                "online": online.status() if online is not None else {}, "storage_warning": storage_warning}
 
     with blocks, gr.Accordion("Status: adapters and feedback sync", open=storage_warning is not None):
         if storage_warning is not None:

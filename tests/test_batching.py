@@ -36,7 +36,11 @@ CASES = [
     ("summary", "tweet", {"prompt": "Advice for entrepreneurs"}, settings(temperature=0.9, top_k=20, top_p=0.8,
                                                                          seed=7)),
     (None, "tweet", {"prompt": "coffee"}, settings(temperature=1.3, top_k=0, top_p=1.0, seed=11)),
+    # PEFT cannot mix DoRA per row: these two decode in a batch of their own, beside the others.
+    ("dora", "tweet", {"prompt": "Advice"}, GREEDY),
+    ("dora", "tweet", {"prompt": "Advice for founders who ship on Fridays"}, settings(max_new_tokens=9)),
 ]
+DORA_CASES = 2
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +65,8 @@ def sharp_lm(tiny_causal_lm: Path, tmp_path_factory: pytest.TempPathFactory) -> 
 def adapter_folders(sharp_lm: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("batching-adapters")
     return {"tweet": make_adapter(sharp_lm, root / "tweet", seed=1),
-            "summary": make_adapter(sharp_lm, root / "summary", seed=2, targets=("q_proj", "v_proj", "o_proj"))}
+            "summary": make_adapter(sharp_lm, root / "summary", seed=2, targets=("q_proj", "v_proj", "o_proj")),
+            "dora": make_adapter(sharp_lm, root / "dora", seed=3, targets=("v_proj",), use_dora=True)}
 
 
 @pytest.fixture(scope="module")
@@ -158,7 +163,7 @@ def test_concurrent_requests_with_their_own_adapters_and_settings_match_one_at_a
         engine: Engine, alone: list[str]) -> None:
     with batch_sizes(engine) as sizes:
         together = run_together(engine, CASES)
-    assert max(sizes) == len(CASES)  # decoded as one batch
+    assert max(sizes) == len(CASES) - DORA_CASES and DORA_CASES in sizes  # decoded as two batches
     assert together == alone
 
 

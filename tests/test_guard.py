@@ -159,3 +159,41 @@ def test_the_detox_scorer_plugs_in() -> None:
 def test_a_guard_needs_sane_limits() -> None:
     with pytest.raises(InvalidInput, match="threshold between 0 and 1"):
         ToxicityGuard(make_toxicity_scorer("profanity-check"), threshold=0.0)
+
+
+def test_the_app_withholds_a_toxic_output_and_keeps_it_as_a_negative_example(tiny_causal_lm: Path,
+                                                                              tmp_path: Path) -> None:
+    import json
+
+    from gradio_client import Client
+
+    from demos.app import build_app
+    from hub.feedback.callback import FeedbackCallback
+    from tests.test_app import SETTINGS, serving
+
+    scorer = WordScorer("")  # every text is toxic to this scorer
+    feedback = FeedbackCallback(folder=tmp_path / "feedback")
+    app = build_app(Engine(load_model(str(tiny_causal_lm))), feedback=feedback,
+                    guard=ToxicityGuard(scorer, threshold=0.5, attempts=2, check_every=8))
+    try:
+        with serving(app) as url:
+            client = Client(url, verbose=False)
+            text, served = client.predict("Advice for founders", *SETTINGS, api_name="/generate_tweet")
+            assert text.startswith("This answer was withheld") and served["withheld"] == "toxicity"
+            assert "ticket" not in served
+            with pytest.raises(Exception, match="ticket"):
+                client.predict("Advice for founders", text, 5, 5, 5, 5, served, api_name="/feedback_tweet")
+            detox_text, _, detox_score = client.predict("The fans", *SETTINGS, api_name="/generate_detox")
+            assert detox_text.startswith("This answer was withheld") and detox_score is None
+            scorer.word = "\x00never"  # now every text is clean
+            clean, served = client.predict("Advice for founders", *SETTINGS, api_name="/generate_tweet")
+            assert clean.strip() and "withheld" not in served and served["ticket"]
+    finally:
+        feedback.close(push=False)
+    rows = [json.loads(line) for file in sorted((tmp_path / "feedback" / "data" / "detox").rglob("*.jsonl"))
+            for line in file.read_text().splitlines()]
+    assert len(rows) == 4  # two attempts for each of the two withheld answers
+    assert {(row["kind"], row["label"], row["source"]) for row in rows} == {("flag", "toxic", "guard")}
+    tweet_row = next(row for row in rows if row["prompt"][-1]["content"] == "Write a tweet about: Advice for founders")
+    assert tweet_row["inputs"] == {"prompt": "Write a tweet about: Advice for founders"}
+    assert tweet_row["completion"].strip() and tweet_row["generation"]["seed"] in (SETTINGS[5], SETTINGS[5] + 1)

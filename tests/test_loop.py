@@ -87,6 +87,39 @@ def test_rounds_promote_a_challenger_that_wins_by_the_margin_and_keep_the_champi
     assert ("champion", str(repo.resolve())) in scores["scored"]  # the champion, not the base model, was scored
 
 
+def test_with_the_arena_criterion_a_challenger_waits_for_votes_then_the_votes_decide(
+        tiny_causal_lm: Path, tmp_path: Path, scores: dict[str, object],
+        capsys: pytest.CaptureFixture[str]) -> None:
+    feedback, repo, waiting = tmp_path / "feedback", tmp_path / "adapter-repo", tmp_path / "challengers"
+    log_feedback("dialogue_summary", bound(summary_feedback(10)), folder=feedback)
+    scores["challenger"] = [0.10]  # worse on held-out examples: here only the votes count
+    arena = ["--criterion", "arena", "--challenger-repo", str(waiting), "--min-votes", "6", "--margin", "0.1"]
+
+    code, out, err = run_loop(tiny_causal_lm, feedback, repo, capsys, "--min-rows", "10", *arena)
+
+    assert code == 0, err
+    (pending,) = read_ledger(str(repo))
+    assert pending["decision"] == "pending" and "Waiting for 6 arena votes" in pending["reason"]
+    assert not (repo / "adapter_model.safetensors").exists() and (waiting / "adapter_model.safetensors").exists()
+    challenger = {"base": "tiny", "adapter": str(waiting), "revision": pending["challenger"]["published"]}
+    votes = [{"kind": "preference", "inputs": {"prompt": f"Say hi {i}"}, "chosen": "Hi.", "rejected": "Go.",
+              "label": "A" if i % 5 else "B", "sides": {"A": challenger, "B": SERVED}} for i in range(5)]
+    log_feedback("arena", bound(votes), folder=feedback)
+    code, out, _ = run_loop(tiny_causal_lm, feedback, repo, capsys, *arena)
+    assert "Waiting: 5 of 6 arena votes between round 1's champion and challenger." in out
+
+    log_feedback("arena", bound(votes[1:2]), folder=feedback)  # 5 of 6 votes for the challenger
+    code, out, err = run_loop(tiny_causal_lm, feedback, repo, capsys, *arena)
+
+    assert code == 0, err
+    first, decided = read_ledger(str(repo))
+    assert first == pending and decided["round"] == 1 and decided["stage"] == "arena"
+    assert decided["decision"] == "promoted" and decided["arena"]["votes"] == 6
+    assert decided["arena"]["p_challenger"] > 0.6 and "wins the arena" in decided["reason"]
+    assert content_revision(repo) == pending["challenger"]["published"]  # the challenger now serves
+    assert "## Rounds up to this adapter's promotion" in (repo / "README.md").read_text()
+
+
 def test_a_round_waits_for_min_rows_new_rows_bound_to_real_outputs(
         tiny_causal_lm: Path, tmp_path: Path, scores: dict[str, object],
         capsys: pytest.CaptureFixture[str]) -> None:

@@ -43,10 +43,8 @@ def engine(tiny_causal_lm: Path) -> Engine:
 
 def answer(engine: Engine, *, seed: int, adapter: str | None = None) -> str:
     settings = GenerationSettings(max_new_tokens=8, seed=seed)
-    text = ""
-    for text in engine.stream(TWEET, PROMPT, settings, adapter=adapter):
-        pass
-    return text.strip() or "Ship small, listen hard."
+    texts = list(engine.stream(TWEET, PROMPT, settings, adapter=adapter))
+    return (texts[-1] if texts else "").strip() or "Ship small, listen hard."
 
 
 def rating(text: str, score: int) -> dict[str, Any]:
@@ -246,3 +244,90 @@ def test_the_worker_waits_while_a_generation_is_in_flight(engine: Engine) -> Non
         assert learner.status()["updates"] == 1
     finally:
         learner.stop()
+
+
+def test_ratings_sent_through_the_app_update_what_the_next_answer_is_served_by(
+        tiny_causal_lm: Path, tmp_path: Path) -> None:
+    from gradio_client import Client
+
+    from demos.app import build_app
+    from hub.feedback.callback import FeedbackCallback
+    from tests.test_app import SETTINGS, serving
+
+    engine = Engine(load_model(str(tiny_causal_lm)))
+    online = OnlineLearning(engine, ["tweet"], config=FAST, judges={"tweet": SettableJudge(0.5)}).start()
+    feedback = FeedbackCallback(folder=tmp_path / "feedback")
+    app = build_app(engine, feedback=feedback, online=online)
+    try:
+        with serving(app) as url:
+            client = Client(url, verbose=False)
+            labels = []
+            for stars in (5, 2):
+                text, served = client.predict("Advice for founders", *SETTINGS, api_name="/generate_tweet")
+                labels.append(served["label"])
+                message = client.predict("Advice for founders", text, stars, stars, stars, stars, served,
+                                         api_name="/feedback_tweet")
+                assert message.startswith("Thanks!")
+                assert online.wait_idle(timeout=300)
+            status = client.predict(api_name="/online_status")["tweet"]
+            assert (status["updates"], status["feedback"], status["serving"]) == (2, 2, "online, update 2")
+            _, served = client.predict("Advice for founders", *SETTINGS, api_name="/generate_tweet")
+            assert labels == ["online, update 0", "online, update 0"]
+            assert served["label"] == "online, update 2" and served["adapter"].endswith("update-000002")
+            other = client.predict("Continue me", *SETTINGS, api_name="/generate_detox")[1]
+            assert other["label"] == "base model"  # only the tabs named learn online
+    finally:
+        online.stop()
+        feedback.close(push=False)
+
+
+@pytest.mark.parametrize("argv, message", [(["--online", "arena"], "takes votes"),
+                                           (["--online", "tweet", "--online-judge", "tweet"], "SLUG=SPEC"),
+                                           (["--guard", "toxic"], "Unknown guard 'toxic'")])
+def test_bad_online_and_guard_flags_end_in_one_line_before_the_model_loads(
+        argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    from demos.__main__ import main
+
+    assert main([*argv, "--model", "/no/such/model"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and err.count("\n") == 1
+
+
+def test_space_variables_turn_on_online_learning_and_the_guard_is_on_by_default() -> None:
+    from hub.space import GUARD, ONLINE, SpaceConfig
+
+    default = SpaceConfig.from_env({})
+    assert (default.online, default.guard) == ("", "toxicity")
+    assert ONLINE not in default.to_variables() and GUARD not in default.to_variables()
+    chosen = SpaceConfig.from_env({ONLINE: "tweet,detox", GUARD: "off"})
+    assert chosen.to_variables()[ONLINE] == "tweet,detox" and chosen.to_variables()[GUARD] == "off"
+
+
+def test_the_space_shows_its_online_adapters_and_guard_in_the_status_panel(tiny_causal_lm: Path) -> None:
+    from gradio_client import Client
+
+    from hub.space import SpaceConfig
+    from spaces.app import create_app
+    from tests.test_app import free_port
+
+    space = create_app(SpaceConfig(model=str(tiny_causal_lm), online="tweet"))
+    try:
+        port = free_port()
+        space.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+        status = Client(f"http://127.0.0.1:{port}/", verbose=False).predict(api_name="/adapters")
+        assert status["online"]["tweet"]["serving"] == "online, update 0"
+        assert status["guard"]["threshold"] == 0.5 and status["serving"][online_key("tweet")]
+    finally:
+        space.close()
+    assert read_state(online_home("tweet")).serving == "update-000000"
+
+
+@pytest.mark.parametrize("config, message", [({"guard": "loud"}, "FLYWHEEL_GUARD: Unknown guard 'loud'"),
+                                             ({"online": "arena"}, "FLYWHEEL_ONLINE: arena takes votes")])
+def test_bad_space_variables_are_named_before_the_model_loads(config: dict[str, str], message: str) -> None:
+    from hub.errors import FlywheelError
+    from hub.space import SpaceConfig
+    from spaces.app import create_app
+
+    with pytest.raises(FlywheelError, match=message):
+        create_app(SpaceConfig(model="/no/such/model", **config))

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from hub.cli import main
-from hub.space import ADAPTERS, ARENA, FEEDBACK_REPO, MODEL, POLL_SECONDS, VARIABLES
+from hub.space import ADAPTERS, ARENA, BACKEND, FEEDBACK_REPO, LORA_SOURCE, MODEL, POLL_SECONDS, VARIABLES
 from tests.test_space import FEEDBACK, TWEET
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -68,6 +68,15 @@ def test_redeploy_removes_stale_files_and_unset_variables(hub_server) -> None:
     assert "hub/retired_module.py" not in files and "notes.txt" in files
     variables = hub_server.variables(SPACE)
     assert FEEDBACK_REPO not in variables and ADAPTERS not in variables and set(variables) <= set(VARIABLES)
+
+
+def test_deploy_sets_the_generation_server_variables(hub_server) -> None:
+    server = ["--backend", "openai=https://gpu-box.example:8000", "--lora-source", "hub"]
+    assert main([*DEPLOY, *server]) == 0
+    variables = hub_server.variables(SPACE)
+    assert variables[BACKEND] == "openai=https://gpu-box.example:8000" and variables[LORA_SOURCE] == "hub"
+    assert main(DEPLOY) == 0  # back to generating in the Space
+    assert BACKEND not in hub_server.variables(SPACE) and LORA_SOURCE not in hub_server.variables(SPACE)
 
 
 @pytest.mark.parametrize("args, message", [

@@ -19,6 +19,11 @@ since the last round. With at least `--min-rows` of them a round runs:
 5. the round is appended to `ledger.jsonl` in the adapter repo (`hub.ledger`), whatever it decided,
    with `ledger.png` (the main metric across rounds), which the model card shows.
 
+With `--criterion arena` step 4 waits for people: the challenger goes to `--challenger-repo`, which
+the arena serves against the champion (blind, sides drawn at random); the round stays `pending`
+until `--min-votes` votes between the two revisions came in, then Bradley-Terry on those votes
+decides (`hub.arena.head_to_head`) and a second ledger row for the round records the decision.
+
 Rounds train in this process; `--every` keeps checking until Ctrl-C (or `--max-rounds`).
 """
 
@@ -28,13 +33,14 @@ import gc
 import logging
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from hub.arena import head_to_head, load_matches
 from hub.errors import FlywheelError, first_line
 from hub.ledger import Round, read_ledger, rounds_section, write_ledger
 from hub.paths import flywheel_home
-from hub.publish import default_repo, publish_files, push_adapter
+from hub.publish import AdapterCard, default_repo, publish_files, push_adapter
 from hub.repos import ADAPTER_CONFIG, HUB_ERRORS, content_revision, is_local_ref
 from tasks import InvalidInput, Task, get_task
 from trainers.common import run
@@ -42,6 +48,7 @@ from trainers.rounds import Challenger, Intake, choose_method, metrics_of, take_
 
 logger = logging.getLogger("flywheel.loop")
 
+ROUNDS_TITLE = "Rounds up to this adapter's promotion"
 TRAINING_OPTIONS = ("model", "feedback_repo", "seed_data", "eval_extra_data", "eval_limit", "eval_batch_size",
                     "eval_max_new_tokens", "max_steps", "num_train_epochs", "learning_rate",
                     "per_device_train_batch_size", "max_length", "lora_r", "lora_alpha", "seed", "report_to",
@@ -66,8 +73,16 @@ class LoopArgs:
     once: bool = field(default=False, metadata={"help": "Check once, run a round if enough rows came in, exit."})
     max_rounds: int = field(default=0, metadata={"help": "With --every: stop after this many rounds (0: never)."})
     margin: float = field(default=0.0, metadata={
-        "help": "Promote only a challenger that beats the champion by more than this on the task's main metric "
-                "(in its units, e.g. 0.01 ROUGE-L or 0.01 mean toxicity)."})
+        "help": "Promote only a challenger that beats the champion by more than this: on the task's main metric "
+                "(in its units, e.g. 0.01 ROUGE-L) or, with --criterion arena, in win probability above 0.5."})
+    criterion: str = field(default="held-out", metadata={
+        "help": "What promotes a challenger: `held-out` (the main metric on held-out examples) or `arena` "
+                "(publish it to --challenger-repo, then decide on the arena votes between it and the champion)."})
+    challenger_repo: str | None = field(default=None, metadata={
+        "help": "--criterion arena: where challengers wait for votes (default: the adapter repo + -challenger); "
+                "serve it as one arena side and the adapter repo as the other."})
+    min_votes: int = field(default=30, metadata={
+        "help": "--criterion arena: votes between champion and challenger needed to decide."})
     model: str = field(default="bundled", metadata={"help": "Base model: `bundled`, a Hub id or a folder."})
     seed_data: list[str] = field(default_factory=list, metadata={
         "help": "Extra training data every round (JSONL files or Hub dataset ids). Repeatable."})
@@ -98,6 +113,9 @@ class LoopArgs:
     private: bool = field(default=True, metadata={"help": "Create a Hub adapter repo as private."})
 
 
+CRITERIA = ("held-out", "arena")
+
+
 @dataclass
 class Loop:
     """The resolved settings of a loop: its task and where its adapters, ledger and rounds live."""
@@ -106,6 +124,7 @@ class Loop:
     task: Task
     repo: str
     work: Path
+    challenger_repo: str
 
 
 def main(args: LoopArgs) -> list[Round]:
@@ -140,17 +159,23 @@ def resolve(args: LoopArgs) -> Loop:
     task = get_task(args.task)
     if args.once and args.every:
         raise InvalidInput("Give --once or --every MINUTES, not both.")
-    if args.every < 0 or args.min_rows < 1 or args.max_rounds < 0 or args.margin < 0:
-        raise InvalidInput("--every, --max-rounds and --margin cannot be negative; --min-rows must be at least 1.")
+    if args.every < 0 or args.min_rows < 1 or args.max_rounds < 0 or args.margin < 0 or args.min_votes < 1:
+        raise InvalidInput("--every, --max-rounds and --margin cannot be negative; --min-rows and --min-votes "
+                           "must be at least 1.")
+    if args.criterion not in CRITERIA:
+        raise InvalidInput(f"--criterion must be one of {', '.join(CRITERIA)}, not {args.criterion!r}.")
     repo = args.adapter_repo or default_repo(task.slug, "loop")
     work = Path(args.work_dir) if args.work_dir else flywheel_home() / "loop" / task.slug
-    return Loop(args=args, task=task, repo=repo, work=work)
+    challenger_repo = args.challenger_repo or f"{repo}-challenger"
+    return Loop(args=args, task=task, repo=repo, work=work, challenger_repo=challenger_repo)
 
 
 def check(loop: Loop) -> Round | None:
     """Run a round if at least `--min-rows` bound rows came in since the last one; return its ledger row."""
     intake = take_in(loop.args.feedback_repo, loop.task)
     ledger = read_ledger(loop.repo)
+    if ledger and ledger[-1]["decision"] == "pending":
+        return settle_in_arena(loop, ledger)
     previous = ledger[-1]["rows"]["signals"] if ledger else {}
     new = intake.since(previous)
     if sum(new.values()) < loop.args.min_rows:
@@ -170,6 +195,8 @@ def run_round(loop: Loop, *, intake: Intake, new: dict[str, int], ledger: list[R
     started = time.time()
     options = {name: getattr(loop.args, name) for name in TRAINING_OPTIONS}
     options.update(task=loop.task.slug, min_rows=loop.args.train_min_rows)
+    if loop.args.criterion == "arena":  # the margin is then a win probability; held-out scores only inform
+        options["margin"] = 0.0
     row: Round = {"round": number, "task": loop.task.slug, "method": method, "margin": loop.args.margin,
                   "started_at": _now(started), "main_metric": loop.task.main_metric,
                   "higher_is_better": loop.task.higher_is_better,
@@ -184,8 +211,11 @@ def run_round(loop: Loop, *, intake: Intake, new: dict[str, int], ledger: list[R
         row.update(decision="failed", reason=first_line(error))
     if challenger is not None:
         record_outcome(row, challenger)
+        if loop.args.criterion == "arena":
+            await_votes(loop, row, challenger)
     row["seconds"] = round(time.time() - started, 1)
-    publish(loop, [*ledger, row], challenger if row["decision"] == "promoted" else None)
+    promoted = challenger.outcome if challenger is not None and row["decision"] == "promoted" else None
+    publish(loop, [*ledger, row], promoted.adapter_dir if promoted else None, card=promoted.card if promoted else None)
     print(summary(row), flush=True)
     del challenger
     gc.collect()  # the round's models: a loop that runs for days must not keep them
@@ -207,19 +237,54 @@ def record_outcome(row: Round, challenger: Challenger) -> None:
     row.update(decision="promoted" if outcome.better is True else "kept", reason=outcome.verdict)
 
 
-def publish(loop: Loop, rows: list[Round], promoted: Challenger | None) -> None:
-    """Append the round to the repo's ledger; a promoted challenger goes up with it, card and plot included."""
+def await_votes(loop: Loop, row: Round, challenger: Challenger) -> None:
+    """--criterion arena: publish the challenger where the arena serves it; the round waits for votes."""
+    outcome = challenger.outcome
+    pushed = push_adapter(outcome.adapter_dir, repo=loop.challenger_repo, card=outcome.card, private=loop.args.private,
+                          commit_message=f"Flywheel loop: round {row['round']} challenger")
+    row["challenger"].update(published=pushed.revision, folder=str(outcome.adapter_dir))
+    row.update(decision="pending", reason=f"Waiting for {loop.args.min_votes} arena votes between the champion "
+                                          f"and the challenger in {loop.challenger_repo}. Held out: {outcome.verdict}")
+
+
+def settle_in_arena(loop: Loop, ledger: list[Round]) -> Round | None:
+    """Decide a pending round on the arena votes between its champion and challenger revisions."""
+    pending = ledger[-1]
+    matches, _, _ = load_matches(loop.args.feedback_repo)
+    result = head_to_head(matches, champion=pending["champion"]["revision"],
+                          challenger=pending["challenger"]["published"], seed=loop.args.seed)
+    if result.votes < loop.args.min_votes:
+        print(f"Waiting: {result.votes} of {loop.args.min_votes} arena votes between round {pending['round']}'s "
+              f"champion and challenger.", flush=True)
+        return None
+    promoted = result.p_challenger - 0.5 > loop.args.margin
+    verdict = (f"The challenger {'wins' if promoted else 'does not win'} the arena by more than the margin "
+               f"{loop.args.margin:g}: P(preferred) {result.p_challenger:.3f} "
+               f"(95% CI {result.low:.3f} to {result.high:.3f}) over {result.votes} votes.")
+    row = {**pending, "stage": "arena", "decided_at": _now(time.time()), "arena": asdict(result),
+           "decision": "promoted" if promoted else "kept", "reason": verdict}
+    folder = Path(pending["challenger"]["folder"])
+    publish(loop, [*ledger, row], folder if promoted else None)
+    print(summary(row), flush=True)
+    return row
+
+
+def publish(loop: Loop, rows: list[Round], adapter_dir: Path | None, *, card: AdapterCard | None = None) -> None:
+    """Append the round to the repo's ledger; a promoted adapter goes up with it, its card showing the rounds."""
     row = rows[-1]
-    if promoted is None:
+    if adapter_dir is None:
         paths = write_ledger(rows, loop.work / f"round-{row['round']}" / "ledger")
         publish_files(paths, repo=loop.repo, private=loop.args.private,
                       commit_message=f"Flywheel loop: round {row['round']} ({row['decision']})")
         return
-    outcome = promoted.outcome
-    write_ledger(rows, outcome.adapter_dir)
-    card = outcome.card
-    card.sections["Rounds up to this adapter's promotion"] = rounds_section(rows)
-    pushed = push_adapter(outcome.adapter_dir, repo=loop.repo, card=card, private=loop.args.private,
+    write_ledger(rows, adapter_dir)
+    section = rounds_section(rows)
+    if card is not None:
+        card.sections[ROUNDS_TITLE] = section
+    else:  # an arena promotion: the card written when the challenger was trained gains the section
+        readme = adapter_dir / "README.md"
+        readme.write_text(readme.read_text(encoding="utf-8") + f"\n## {ROUNDS_TITLE}\n\n{section}\n", encoding="utf-8")
+    pushed = push_adapter(adapter_dir, repo=loop.repo, card=card, private=loop.args.private,
                           commit_message=f"Flywheel loop: round {row['round']} promotes its {row['method']} adapter")
     print(f"Promoted: {pushed.repo} is at revision {pushed.revision[:12]}; Spaces watching it swap it in.",
           flush=True)

@@ -1,0 +1,185 @@
+"""The rows of a continuous batch and their shared KV cache (used by `serving.batching`).
+
+A row is one request being decoded: its tokens so far, the logits processors `generate` would
+apply for its settings, its own sampler and its stop rule. Rows decoded together share one
+left-padded `DynamicCache`; `mask` marks which cache positions are real for each row, and each
+row feeds its own position ids, so a row's attention sees exactly what it would see alone.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from serving.batching import Request
+
+BASE_ROW = "__base__"
+"""PEFT's name for "no adapter" in a mixed-adapter batch."""
+
+
+def mixing_group(model: Any, adapter: str | None) -> str | None:
+    """The batch a row decodes in: None (the shared one) for the base model and every adapter PEFT
+    can apply per row; an adapter it cannot (DoRA) decodes its rows in a batch of its own."""
+    config = getattr(model, "peft_config", {}).get(adapter) if adapter else None
+    return adapter if getattr(config, "use_dora", False) else None
+
+
+def forward(model: Any, inputs: dict[str, Any], adapters: list[str], group: str | None) -> Any:
+    """The last position's logits of each row (float32), each through its adapter."""
+    import torch
+
+    if group is not None:  # every row uses this one adapter
+        if model.active_adapter != group:  # set_adapter walks every module (~30 ms)
+            model.set_adapter(group)
+    elif hasattr(model, "peft_config"):
+        inputs = {**inputs, "adapter_names": adapters}
+    return model(**inputs, use_cache=True).logits[:, -1].to(dtype=torch.float32)
+
+
+class Row:
+    """One request inside a batch."""
+
+    def __init__(self, model: Any, request: Request) -> None:
+        import torch
+
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        self.request = request
+        self.ids = request.encoded["input_ids"]
+        self.position = self.ids.shape[1]
+        self.adapter = request.adapter or BASE_ROW
+        self.group = mixing_group(model, request.adapter)
+        config, _ = base._prepare_generation_config(None, **request.generate_kwargs)
+        base._prepare_special_tokens(config, True, device=self.ids.device)
+        # Exactly the processors `generate` would apply for these settings (repetition penalty, warpers, ...).
+        self.processors = base._get_logits_processor(generation_config=config, input_ids_seq_length=self.position,
+                                                     encoder_input_ids=self.ids, device=self.ids.device,
+                                                     model_kwargs={})
+        eos = config._eos_token_tensor
+        self.eos = set() if eos is None else set(eos.reshape(-1).tolist())
+        self.max_new_tokens = config.max_new_tokens
+        self.generated = 0
+        self.sampler: torch.Generator | None = None
+        if config.do_sample:  # its own generator: the draws do not depend on the other rows
+            self.sampler = torch.Generator(device=self.ids.device)
+            if request.seed is None:
+                self.sampler.seed()
+            else:
+                self.sampler.manual_seed(request.seed)
+
+    @classmethod
+    def prefill(cls, model: Any, request: Request) -> tuple[Row, Any]:
+        """Run the prompt alone; return the row (holding its first token) and its KV cache."""
+        import torch
+        from transformers import DynamicCache
+
+        row = cls(model, request)
+        cache = DynamicCache()
+        inputs = {"input_ids": row.ids, "position_ids": torch.arange(row.position).unsqueeze(0), "cache": cache}
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        if base._supports_logits_to_keep():
+            inputs["logits_to_keep"] = 1
+        row.take(forward(model, inputs, [row.adapter], row.group))
+        return row, cache
+
+    @property
+    def done(self) -> bool:
+        return self.request.cancelled or self.generated >= self.max_new_tokens or (
+            self.generated > 0 and int(self.ids[0, -1]) in self.eos)
+
+    def take(self, logits: Any) -> None:
+        """Choose the next token from this row's logits (shape [1, vocab]) and emit it."""
+        import torch
+
+        scores = self.processors(self.ids, logits)
+        if self.sampler is None:
+            token = int(scores.argmax(dim=-1))
+        else:
+            token = int(torch.multinomial(scores.softmax(dim=-1), 1, generator=self.sampler))
+        self.ids = torch.cat([self.ids, self.ids.new_tensor([[token]])], dim=1)
+        self.generated += 1
+        self.request.emit(token)
+
+
+class RowBatch:
+    """Rows decoded together, and their left-padded KV cache."""
+
+    def __init__(self, group: str | None) -> None:
+        self.group = group
+        self.clear()
+
+    def clear(self) -> None:
+        self.rows: list[Row] = []
+        self.cache: Any = None
+        self.mask: Any = None
+
+    def join(self, row: Row, cache: Any) -> None:
+        """Add a prefilled row: the shorter of its cache and the batch's is padded on the left."""
+        import torch
+
+        new_mask = torch.ones(1, cache.get_seq_length(), dtype=torch.long)
+        if not self.rows:
+            self.rows, self.cache, self.mask = [row], cache, new_mask
+            return
+        length = max(self.mask.shape[1], new_mask.shape[1])
+        self.cache = _cache_of([
+            (torch.cat([_pad_left(old_k, length), _pad_left(new_k, length)]),
+             torch.cat([_pad_left(old_v, length), _pad_left(new_v, length)]))
+            for (old_k, old_v), (new_k, new_v) in zip(_layers(self.cache), _layers(cache), strict=True)
+        ])
+        self.mask = torch.cat([_pad_left(self.mask, length), _pad_left(new_mask, length)])
+        self.rows.append(row)
+
+    def step(self, model: Any) -> None:
+        """Decode one token for every row."""
+        import torch
+
+        self.mask = torch.cat([self.mask, self.mask.new_ones(len(self.rows), 1)], dim=1)
+        inputs = {"input_ids": torch.cat([row.ids[:, -1:] for row in self.rows]),
+                  "position_ids": torch.tensor([[row.position] for row in self.rows]),
+                  # Without padding, no mask: the attention path `generate` takes for one request.
+                  "attention_mask": None if bool(self.mask.all()) else self.mask, "cache": self.cache}
+        logits = forward(model, inputs, [row.adapter for row in self.rows], self.group)
+        for index, row in enumerate(self.rows):
+            row.position += 1
+            row.take(logits[index:index + 1])
+
+    def keep(self, indices: list[int]) -> list[Row]:
+        """Keep only these rows (trimming padding no row needs any more); return the others."""
+        import torch
+
+        leaving = [row for i, row in enumerate(self.rows) if i not in set(indices)]
+        if not leaving:
+            return []
+        if not indices:
+            self.clear()
+            return leaving
+        index = torch.tensor(indices)
+        mask = self.mask[index]
+        start = int(mask.any(dim=0).long().argmax())
+        self.cache = _cache_of([(k[index][:, :, start:], v[index][:, :, start:]) for k, v in _layers(self.cache)])
+        self.mask = mask[:, start:]
+        self.rows = [self.rows[i] for i in indices]
+        return leaving
+
+
+def _layers(cache: Any) -> list[tuple[Any, Any]]:
+    return [(layer.keys, layer.values) for layer in cache.layers]
+
+
+def _cache_of(layers: list[tuple[Any, Any]]) -> Any:
+    from transformers import DynamicCache
+
+    return DynamicCache(ddp_cache_data=layers)
+
+
+def _pad_left(tensor: Any, length: int) -> Any:
+    """Zeros on the left of the sequence axis (-2 for keys and values, -1 for a mask) up to `length`."""
+    import torch
+
+    axis = -1 if tensor.dim() == 2 else -2
+    missing = length - tensor.shape[axis]
+    if missing == 0:
+        return tensor
+    shape = list(tensor.shape)
+    shape[axis] = missing
+    return torch.cat([tensor.new_zeros(shape), tensor], dim=axis)
