@@ -1,84 +1,143 @@
-"""Generation speed of a tab's path (Engine.stream) against bare `model.generate`, and start-up cost.
+"""Generation throughput of the running app under concurrent visitors, beside bare `generate`.
 
-    python benchmarks/generation.py                 # bundled model, fp32 and bf16
-    python benchmarks/generation.py --model gpt2 --new-tokens 128 --repeats 5
+    python benchmarks/generation.py                             # bundled model, 1/4/8/16 users
+    python benchmarks/generation.py --users 1,2 --tokens 8 --requests 1 --startup   # a quick check
 
-Prints a table: time to first token, tokens/s and their ratio to bare generate (same prompt,
-greedy decoding, same number of new tokens), then cold start (GGUF conversion) vs cached start.
+Bare `model.generate` first: batch 1 over every prompt (its greedy answers are the reference),
+then batch 8 (left-padded, as a batch job would run). Then the app (`python -m demos`, quotas
+off) is started in its own process and, for each number of users U, U gradio_client clients
+send `--requests` greedy `generate_tweet` calls each, all at once. Printed: aggregate tokens/s
+(tokens of the answers received / wall time), p50/p95 latency of a call, and how many answers
+differ from batch-1 `generate` (batched float arithmetic can flip a greedy near-tie).
+`--startup` adds cold start (GGUF conversion) vs cached start.
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
+import dataclasses
+import math
+import os
+import socket
+import subprocess
+import sys
 import tempfile
+import threading
 import time
+import urllib.request
 from pathlib import Path
+from typing import Any
 
 import torch
-from transformers.generation.streamers import BaseStreamer
 
+from hub.paths import flywheel_cache
 from serving import models
 from serving.engine import Engine, GenerationSettings
 from serving.models import load_model
 from tasks import get_task
 
-
-class TimingStreamer(BaseStreamer):
-    """Records when the first generated token arrives and how many arrive."""
-
-    def __init__(self) -> None:
-        self.start = time.perf_counter()
-        self.first: float | None = None
-        self.calls = 0
-
-    def put(self, value: torch.Tensor) -> None:
-        self.calls += 1
-        if self.calls == 2 and self.first is None:  # the first call carries the prompt
-            self.first = time.perf_counter()
-
-    def end(self) -> None:
-        pass
+PROMPTS = [
+    "Advice for entrepreneurs", "Tips for remote teams", "Why sleep matters", "Learning to code at 40",
+    "The best time to hire", "Saying no to meetings", "Pricing your first product", "Writing clear emails",
+    "How to run a retrospective", "Lessons from a failed startup", "Public speaking for introverts",
+    "Choosing a cofounder", "Why documentation wins", "Staying focused while working from home",
+    "Negotiating a raise", "Building habits that last",
+]
+TASK = get_task("tweet")
 
 
-def bare_generate(engine: Engine, inputs: dict, settings: GenerationSettings) -> tuple[float, float, int]:
-    task = get_task("tweet")
-    encoded = engine.encode(task, inputs)
-    streamer = TimingStreamer()
-    with torch.inference_mode():
-        output = engine.model.generate(**encoded, streamer=streamer, pad_token_id=engine.tokenizer.pad_token_id,
-                                       **settings.generate_kwargs())
-    total = time.perf_counter() - streamer.start
-    new_tokens = output.shape[1] - encoded["input_ids"].shape[1]
-    return (streamer.first or time.perf_counter()) - streamer.start, total, new_tokens
+def percentile(values: list[float], fraction: float) -> float:
+    """The nearest-rank percentile (0 < fraction <= 1)."""
+    ranked = sorted(values)
+    return ranked[max(0, math.ceil(fraction * len(ranked)) - 1)]
 
 
-def tab_generate(engine: Engine, inputs: dict, settings: GenerationSettings) -> tuple[float, float]:
+def tokens_in(engine: Engine, texts: list[str]) -> int:
+    """Answer length in tokens, counted the same way for every path (the text re-encoded)."""
+    return sum(len(engine.tokenizer(text, add_special_tokens=False)["input_ids"]) for text in texts)
+
+
+def bare_generate(engine: Engine, settings: GenerationSettings, batch: int) -> tuple[list[float], list[str]]:
+    """Seconds of each `generate` call answering every prompt in left-padded batches of `batch`, and the answers."""
+    pad = engine.tokenizer.pad_token_id
+    prompts = [engine.encode(TASK, {"prompt": prompt})["input_ids"][0] for prompt in PROMPTS]
+    answers: list[str] = []
+    seconds: list[float] = []
+    for first in range(0, len(prompts), batch):
+        start = time.perf_counter()
+        group = prompts[first:first + batch]
+        width = max(len(ids) for ids in group)
+        input_ids = torch.stack([torch.cat([ids.new_full((width - len(ids),), pad), ids]) for ids in group])
+        mask = torch.stack([torch.cat([torch.zeros(width - len(ids), dtype=torch.long),
+                                       torch.ones(len(ids), dtype=torch.long)]) for ids in group])
+        with torch.inference_mode():
+            output = engine.model.generate(input_ids=input_ids, attention_mask=mask, pad_token_id=pad,
+                                           **settings.generate_kwargs())
+        seconds.append(time.perf_counter() - start)
+        answers += engine.tokenizer.batch_decode(output[:, width:], skip_special_tokens=True)
+    return seconds, answers
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_app(args: argparse.Namespace, home: Path) -> tuple[subprocess.Popen, str]:
+    """`python -m demos` in its own process (its server threads do not share our GIL); wait until it answers."""
+    port = free_port()
+    command = [sys.executable, "-m", "demos", "--model", args.model, "--dtype", args.dtype, "--port", str(port),
+               "--concurrency", str(args.concurrency), "--queue-size", "1024"]
+    for quota in ("generation", "generation-per-ip", "feedback", "feedback-per-ip"):
+        command += ["--limit", f"{quota}=off"]
+    # Its own home (feedback, secrets), the converted bundled model shared with this process.
+    env = {**os.environ, "FLYWHEEL_HOME": str(home), "FLYWHEEL_CACHE": str(flywheel_cache())}
+    with (home / "app.log").open("w") as log:
+        app = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.monotonic() + 600
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=5)
+            return app, url
+        except OSError:
+            if app.poll() is not None or time.monotonic() > deadline:
+                app.kill()
+                raise SystemExit(f"the app did not start; see {home / 'app.log'}") from None
+            time.sleep(1)
+
+
+def run_users(url: str, users: int, requests: int, settings: list[Any]) -> tuple[float, list[float], list[tuple]]:
+    """Wall seconds, per-call latencies and (prompt index, answer) of `users` clients calling at once."""
+    from gradio_client import Client
+
+    clients = [Client(url, verbose=False) for _ in range(users)]
+    for client in clients:  # connection and session set-up, untimed
+        client.predict(PROMPTS[0], *settings[:4], 1, None, api_name="/generate_tweet")
+    latencies: list[float] = []
+    answers: list[tuple[int, str]] = []
+    lock = threading.Lock()
+    ready = threading.Barrier(users + 1)
+
+    def visitor(number: int, client: Any) -> None:
+        ready.wait()
+        for request in range(requests):
+            index = (number * requests + request) % len(PROMPTS)
+            start = time.perf_counter()
+            text = client.predict(PROMPTS[index], *settings, api_name="/generate_tweet")[0]
+            with lock:
+                latencies.append(time.perf_counter() - start)
+                answers.append((index, text))
+
+    threads = [threading.Thread(target=visitor, args=(i, client)) for i, client in enumerate(clients)]
+    for thread in threads:
+        thread.start()
+    ready.wait()
     start = time.perf_counter()
-    first = None
-    for _ in engine.stream(get_task("tweet"), inputs, settings):
-        if first is None:
-            first = time.perf_counter() - start
-    return first or 0.0, time.perf_counter() - start
-
-
-def measure(engine: Engine, new_tokens: int, repeats: int) -> dict[str, float]:
-    inputs = {"prompt": "Advice for entrepreneurs who are launching their first product"}
-    # min_new_tokens is not a tab setting; greedy decoding keeps both paths on the same tokens.
-    settings = GenerationSettings(temperature=0, max_new_tokens=new_tokens, repetition_penalty=1.0)
-    bare_generate(engine, inputs, settings)  # warm-up
-    bare, tab = [], []
-    for _ in range(repeats):
-        bare.append(bare_generate(engine, inputs, settings))
-        tab.append(tab_generate(engine, inputs, settings))
-    tokens = statistics.median(b[2] for b in bare)
-    bare_total = statistics.median(b[1] for b in bare)
-    tab_total = statistics.median(t[1] for t in tab)
-    return {
-        "tokens": tokens,
-        "bare_ttft": statistics.median(b[0] for b in bare), "tab_ttft": statistics.median(t[0] for t in tab),
-        "bare_tps": tokens / bare_total, "tab_tps": tokens / tab_total,
-    }
+    for thread in threads:
+        thread.join()
+    return time.perf_counter() - start, latencies, answers
 
 
 def startup(model: str) -> list[tuple[str, float]]:
@@ -97,25 +156,52 @@ def startup(model: str) -> list[tuple[str, float]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default=models.BUNDLED)
-    parser.add_argument("--new-tokens", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--dtypes", default="float32,bfloat16")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    parser.add_argument("--tokens", type=int, default=64, help="max_new_tokens of every call (greedy)")
+    parser.add_argument("--users", default="1,4,8,16", help="comma-separated numbers of concurrent users")
+    parser.add_argument("--requests", type=int, default=2, help="calls each user makes, one after another")
+    parser.add_argument("--repetition-penalty", type=float, default=1.0)
+    parser.add_argument("--concurrency", type=int, default=16, help="the app's --concurrency")
+    parser.add_argument("--startup", action="store_true", help="also time cold and cached start")
     args = parser.parse_args()
-    torch.set_num_threads(torch.get_num_threads())
+    users = [int(n) for n in args.users.split(",")]
+    settings = GenerationSettings(temperature=0, repetition_penalty=args.repetition_penalty,
+                                  max_new_tokens=args.tokens)
+    values = [0, settings.top_k, settings.top_p, settings.repetition_penalty, settings.max_new_tokens, None]
 
-    print(f"model={args.model} new_tokens={args.new_tokens} repeats={args.repeats} "
-          f"threads={torch.get_num_threads()}\n")
-    print("| dtype | path | TTFT (s) | tokens/s | tab / bare |")
-    print("|---|---|---:|---:|---:|")
-    for dtype in args.dtypes.split(","):
-        engine = Engine(load_model(args.model, dtype=dtype))
-        result = measure(engine, args.new_tokens, args.repeats)
-        print(f"| {dtype} | bare model.generate | {result['bare_ttft']:.3f} | {result['bare_tps']:.1f} | 1.00 |")
-        print(f"| {dtype} | tab (Engine.stream) | {result['tab_ttft']:.3f} | {result['tab_tps']:.1f} | "
-              f"{result['tab_tps'] / result['bare_tps']:.2f} |")
-    print("\n| start-up | seconds |\n|---|---:|")
-    for name, seconds in startup(args.model):
-        print(f"| {name} | {seconds:.1f} |")
+    engine = Engine(load_model(args.model, dtype=args.dtype))
+    print(f"model={args.model} dtype={args.dtype} greedy max_new_tokens={args.tokens} "
+          f"repetition_penalty={args.repetition_penalty} threads={torch.get_num_threads()} "
+          f"requests/user={args.requests}\n")
+    print("| path | concurrent | calls | tokens/s (aggregate) | p50 latency (s) | p95 latency (s) | "
+          "answers unlike batch-1 generate |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    bare_generate(engine, dataclasses.replace(settings, max_new_tokens=2), 1)  # warm-up
+    reference: list[str] = []
+    for batch in (1, 8):
+        seconds, answers = bare_generate(engine, settings, batch)
+        reference = reference or answers
+        print(f"| bare generate, batch {batch} | {batch} | {len(seconds)} | "
+              f"{tokens_in(engine, answers) / sum(seconds):.1f} | {percentile(seconds, 0.5):.2f} | "
+              f"{percentile(seconds, 0.95):.2f} | {sum(a != r for a, r in zip(answers, reference, strict=True))} |")
+
+    with tempfile.TemporaryDirectory() as home:
+        app, url = start_app(args, Path(home))
+        try:
+            for count in users:
+                wall, latencies, answers = run_users(url, count, args.requests, values)
+                flips = sum(text != reference[index] for index, text in answers)
+                print(f"| app, gradio_client users | {count} | {len(answers)} | "
+                      f"{tokens_in(engine, [text for _, text in answers]) / wall:.1f} | "
+                      f"{percentile(latencies, 0.5):.2f} | {percentile(latencies, 0.95):.2f} | {flips} |")
+        finally:
+            app.terminate()
+            app.wait(timeout=60)
+
+    if args.startup:
+        print("\n| start-up | seconds |\n|---|---:|")
+        for name, seconds in startup(args.model):
+            print(f"| {name} | {seconds:.1f} |")
 
 
 if __name__ == "__main__":

@@ -139,6 +139,7 @@ class OpenAIBackend:
         """Check that the server at `url` answers and serves `model` (None: the one base model it lists).
 
         Raises:
+            InvalidInput: `lora_source` is not one of `LORA_SOURCES`.
             FlywheelError: unreachable, not an OpenAI-compatible server, or the model is not served there.
         """
         if lora_source not in LORA_SOURCES:
@@ -169,7 +170,7 @@ class OpenAIBackend:
         host = parts.hostname or ""
         return f"{parts.scheme}://{host}{f':{parts.port}' if parts.port else ''}{parts.path}"
 
-    def describe(self, adapter: Any | None) -> str:
+    def describe(self, adapter: RemoteLora | None) -> str:
         return f"openai {self.where}, " + (f"LoRA {adapter.lora_name}" if adapter is not None else "base model")
 
     def adapters(self) -> dict[str, RemoteLora]:

@@ -168,7 +168,7 @@ def test_a_detox_round_trains_ppo_from_the_champion_adapter_and_scores_both_for_
     assert row["champion"]["adapter"] == str(repo.resolve()) and row["main_metric"] == "toxicity_mean"
     assert {"toxicity_mean", "perplexity"} <= set(row["champion"]["metrics"]) & set(row["challenger"]["metrics"])
     trained = json.loads((flywheel_home / "loop" / "detox" / "round-1" / "ppo" / "adapter_config.json").read_text())
-    assert set(trained["target_modules"]) == {"q_proj", "v_proj"}  # grown from the champion, not a fresh all-linear LoRA
+    assert set(trained["target_modules"]) == {"q_proj", "v_proj"}  # from the champion, not a fresh all-linear LoRA
 
 
 @pytest.mark.parametrize(("task", "new", "method"), [
