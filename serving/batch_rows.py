@@ -8,13 +8,26 @@ row feeds its own position ids, so a row's attention sees exactly what it would 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from serving.batching import Request
+from typing import Any, Protocol
 
 BASE_ROW = "__base__"
 """PEFT's name for "no adapter" in a mixed-adapter batch."""
+
+
+class Request(Protocol):
+    """What a row needs of the request it serves (`serving.batching.Request`)."""
+
+    encoded: dict[str, Any]
+    generate_kwargs: dict[str, Any]
+    adapter: str | None
+    seed: int | None
+
+    @property
+    def cancelled(self) -> bool: ...
+
+    def emit(self, token: int) -> None: ...
+
+    def finish(self, error: BaseException | None = None) -> None: ...
 
 
 def mixing_group(model: Any, adapter: str | None) -> str | None:

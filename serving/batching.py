@@ -221,8 +221,9 @@ class Batcher:
 
     @staticmethod
     def _step(model: Any, batch: RowBatch) -> None:
+        leaving: list[Row] = []
         try:
-            leaving = batch.keep([i for i, row in enumerate(batch.rows) if not row.request.cancelled])
+            leaving += batch.keep([i for i, row in enumerate(batch.rows) if not row.request.cancelled])
             if batch.rows:
                 batch.step(model)
                 leaving += batch.keep([i for i, row in enumerate(batch.rows) if not row.done])
@@ -231,7 +232,6 @@ class Batcher:
             for row in batch.rows:
                 row.request.finish(error)
             batch.clear()
-            return
         for row in leaving:  # only now: the row holds nothing in the batch any more
             row.request.finish()
 

@@ -227,15 +227,18 @@ class Engine:
         request = Request(self.encode(task, inputs),
                           {**settings.generate_kwargs(), "pad_token_id": self.tokenizer.pad_token_id},
                           adapter=info.peft_name if info else None, seed=settings.seed)
-        text = _text_pieces(self.tokenizer)
+        text, shown = _text_pieces(self.tokenizer), None
         self._batcher.submit(request)
         try:
             for ids in request.tokens():
                 for token in ids:
                     text.put(torch.tensor([token]))
-                yield text.value
+                if text.value != shown:  # a token may end mid-word: nothing new to show yet
+                    shown = text.value
+                    yield shown
             text.end()
-            yield text.value
+            if text.value != shown:
+                yield text.value
         except Exception as error:  # noqa: BLE001 - a failed step, in the caller's words
             raise FlywheelError(f"Generation failed: {error}") from error
         finally:

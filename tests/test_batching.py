@@ -3,11 +3,13 @@ give the answers they give one at a time; rows join, leave and cancel without di
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -20,8 +22,8 @@ from tests.adapter_factory import make_adapter
 GREEDY = GenerationSettings(temperature=0, repetition_penalty=1.0, max_new_tokens=20)
 
 
-def settings(**changes: object) -> GenerationSettings:
-    return GenerationSettings(**{**GREEDY.__dict__, **changes})
+def settings(**changes: Any) -> GenerationSettings:
+    return dataclasses.replace(GREEDY, **changes)
 
 
 # (adapter key, task slug, inputs, settings): different adapters, prompt lengths, lengths and penalties,
@@ -118,8 +120,8 @@ def wait_until(condition: Callable[[], bool]) -> None:
         time.sleep(0.01)
 
 
-def run_together(engine: Engine, cases: list[tuple]) -> list[str]:
-    """Start every case while the model is held, so all of them join the batch in the same turn."""
+def in_threads(engine: Engine, cases: list[tuple]) -> Callable[[], list[str]]:
+    """Start answering every case, each in its own thread; the function returned waits for the answers."""
     results: list[str | BaseException] = [""] * len(cases)
 
     def run(index: int) -> None:
@@ -129,16 +131,26 @@ def run_together(engine: Engine, cases: list[tuple]) -> list[str]:
             results[index] = error
 
     threads = [threading.Thread(target=run, args=(i,)) for i in range(len(cases))]
-    with engine._generate_lock:
-        for thread in threads:
-            thread.start()
-        wait_until(lambda: engine.waiting == len(cases))
     for thread in threads:
-        thread.join()
-    for result in results:
-        if isinstance(result, BaseException):
-            raise result
-    return results  # type: ignore[return-value]
+        thread.start()
+
+    def answers() -> list[str]:
+        for thread in threads:
+            thread.join()
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+        return results  # type: ignore[return-value]
+
+    return answers
+
+
+def run_together(engine: Engine, cases: list[tuple]) -> list[str]:
+    """Start every case while the model is held, so all of them join the batch in the same turn."""
+    with engine._generate_lock:
+        answers = in_threads(engine, cases)
+        wait_until(lambda: engine.waiting == len(cases))
+    return answers()
 
 
 @contextmanager
@@ -168,23 +180,35 @@ def test_concurrent_requests_with_their_own_adapters_and_settings_match_one_at_a
 
 
 def test_rows_join_a_running_batch_and_leave_it_at_their_own_length(engine: Engine, alone: list[str]) -> None:
-    long_case = (CASES[3][0], *CASES[3][1:3], settings(max_new_tokens=40, repetition_penalty=2.0))
-    first_pieces: list[str] = []
-    results: dict[str, str] = {}
-    started = threading.Event()
+    running = ("tweet", "tweet", {"prompt": "Advice for entrepreneurs"}, settings(max_new_tokens=40,
+                                                                               repetition_penalty=1.3))
+    newcomers = [CASES[2], CASES[4]]
+    prompt_lengths = [engine.encode(TASKS[slug], inputs)["input_ids"].shape[1]
+                      for _, slug, inputs, _ in (running, *newcomers)]
+    # They join when the running row's cache holds its prompt and first token: longer than one
+    # newcomer's prompt (that one is padded) and shorter than the other's (the batch is padded).
+    assert prompt_lengths[1] < prompt_lengths[0] + 1 < prompt_lengths[2]
+    paused, resume = threading.Event(), threading.Event()
 
-    def run_long() -> None:
-        results["long"] = answer(engine, long_case, on_piece=lambda text: (first_pieces.append(text), started.set()))
+    def pause_at_the_first_step(module: object, args: tuple, kwargs: dict) -> None:
+        if kwargs["input_ids"].shape == (1, 1) and not resume.is_set():
+            paused.set()
+            resume.wait(timeout=120)
 
-    thread = threading.Thread(target=run_long)
-    with batch_sizes(engine) as sizes:
-        thread.start()
-        assert started.wait(timeout=120)
-        # The running row's cache is longer than one newcomer's prompt and shorter than the other's.
-        assert run_together(engine, [CASES[2], CASES[4]]) == [alone[2], alone[4]]
-        thread.join()
-    assert max(sizes) == 3 and sizes[0] == 1
-    assert results["long"] == answer(engine, long_case)
+    handle = engine.model.register_forward_pre_hook(pause_at_the_first_step, with_kwargs=True)
+    try:
+        with batch_sizes(engine) as sizes:
+            first = in_threads(engine, [running])
+            assert paused.wait(timeout=120)
+            later = in_threads(engine, newcomers)
+            wait_until(lambda: engine.waiting == len(newcomers))
+            resume.set()
+            assert later() == [alone[2], alone[4]]
+            running_answer = first()[0]
+    finally:
+        handle.remove()
+    assert sizes[:2] == [1, 1] and max(sizes) == 3
+    assert running_answer == answer(engine, running)
 
 
 def test_a_cancelled_row_leaves_and_the_others_finish_unchanged(engine: Engine, alone: list[str]) -> None:
@@ -205,15 +229,21 @@ def test_a_cancelled_row_leaves_and_the_others_finish_unchanged(engine: Engine, 
 def test_loading_the_first_adapter_mid_batch_leaves_rows_in_flight_unchanged(
         sharp_lm: Path, adapter_folders: dict[str, Path], alone: list[str]) -> None:
     engine = Engine(load_model(str(sharp_lm)))
-    case = (None, *CASES[0][1:3], settings(max_new_tokens=60))
+    case = (None, *CASES[0][1:3], settings(max_new_tokens=400))
     expected = answer(engine, case)
-    pieces: list[str] = []
-    stream = engine.stream(TASKS["tweet"], case[2], case[3])
-    pieces.append(next(stream))
-    engine.load_adapter("tweet", str(adapter_folders["tweet"]))  # wraps the model in PEFT between two steps
-    for pieces_text in stream:
-        pieces.append(pieces_text)
-    assert pieces[-1] == expected
+    steps: list[int] = []  # counted inside the model: PEFT's wrapper calls the base model's forward directly
+    handle = engine.model.model.embed_tokens.register_forward_hook(lambda *args: steps.append(1))
+    try:
+        stream = engine.stream(TASKS["tweet"], case[2], case[3])
+        text = next(stream)
+        engine.load_adapter("tweet", str(adapter_folders["tweet"]))  # wraps the model in PEFT between two steps
+        steps_before_the_swap = len(steps)
+        for text in stream:  # noqa: B007 - the last value is the whole answer
+            pass
+    finally:
+        handle.remove()
+    assert len(steps) > steps_before_the_swap  # the row went on decoding in the wrapped model
+    assert text == expected
     assert answer(engine, CASES[1]) == alone[1]
 
 
@@ -228,6 +258,22 @@ def test_a_failing_request_fails_alone(engine: Engine, alone: list[str]) -> None
     ids = [token for chunk in good.tokens() for token in chunk]
     assert engine.tokenizer.decode(ids, skip_special_tokens=True) == alone[1]
     assert good.finished.is_set() and bad.finished.is_set()
+
+
+def test_a_failing_step_fails_its_rows_and_the_next_requests_are_served(engine: Engine, alone: list[str]) -> None:
+    from hub.errors import FlywheelError
+
+    def fail_batched_steps(module: object, args: tuple, kwargs: dict) -> None:
+        if kwargs["input_ids"].shape[0] > 1:
+            raise RuntimeError("out of memory in a batched step")
+
+    handle = engine.model.register_forward_pre_hook(fail_batched_steps, with_kwargs=True)
+    try:
+        with pytest.raises(FlywheelError, match="Generation failed: out of memory in a batched step"):
+            run_together(engine, CASES[:2])
+    finally:
+        handle.remove()
+    assert run_together(engine, CASES[:2]) == alone[:2]
 
 
 def test_the_model_is_handed_over_between_two_steps(engine: Engine) -> None:
