@@ -88,6 +88,44 @@ def test_log_fsyncs_the_row_and_the_new_names_before_returning(tmp_path: Path, m
         assert store.count == 2
 
 
+def test_concurrent_writers_share_fsyncs_and_each_returns_only_once_its_row_is_synced(tmp_path: Path,
+                                                                                    monkeypatch) -> None:
+    watch = FsyncWatch(monkeypatch)
+    synced = os.fsync
+
+    def slow_disk(fd: int) -> None:  # a slow disk makes writers overlap, as 32 visitors on a Space do
+        threading.Event().wait(0.02)
+        synced(fd)
+
+    monkeypatch.setattr(os, "fsync", slow_disk)
+    folder, writers, rows = tmp_path / "feedback", 16, 5
+    returned: list[tuple[str, int]] = []  # (row id, fsync calls seen when log() returned)
+    with FeedbackStore(folder=folder) as store:
+        rate(store)  # creates the file and its directories
+        start = threading.Barrier(writers)
+
+        def write(n: int) -> None:
+            start.wait()
+            for k in range(rows):
+                record = rate(store, f"Tweet {n}-{k}.")
+                returned.append((record["id"], len(watch.calls)))
+
+        threads = [threading.Thread(target=write, args=(n,)) for n in range(writers)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        path = next((folder / "data" / "tweet").glob("*/*.jsonl"))
+    data = path.read_bytes()
+    ends = {json.loads(line)["id"]: data.index(line) + len(line) + 1 for line in data.splitlines()}
+    stat = path.stat()
+    for row_id, calls_seen in returned:
+        sizes = [size for dev, ino, size in watch.calls[:calls_seen] if (dev, ino) == (stat.st_dev, stat.st_ino)]
+        assert sizes and max(sizes) >= ends[row_id], row_id
+    assert len(ends) == writers * rows + 1
+    assert len(watch.synced(path)) < writers * rows / 2  # shared: far fewer fsyncs than rows
+
+
 def test_a_closed_store_refuses_rows_so_its_last_push_holds_every_accepted_one(tmp_path: Path) -> None:
     store = FeedbackStore(folder=tmp_path)
     rate(store)

@@ -97,6 +97,13 @@ class FeedbackStore:
         self._lock = threading.Lock()
         self._writer_id = str(uuid.uuid4())
         self._files: dict[str, int] = {}
+        # Group commit: rows are numbered as they are written; one fsync makes every row written
+        # before it durable, so concurrent writers share it instead of queueing for one each.
+        self._sync_lock = threading.Lock()
+        self._written = 0
+        self._synced = 0
+        self._dirty: set[int] = set()
+        self._failed_batches: list[tuple[int, int, str]] = []
 
     @property
     def writer_id(self) -> str:
@@ -137,13 +144,40 @@ class FeedbackStore:
                 view = memoryview(line)
                 while view:
                     view = view[os.write(fd, view):]
-                os.fsync(fd)
             except OSError as error:
                 # The file may now end in half a row; the next row must not be glued to it.
                 self._rotate()
                 raise FlywheelError(f"Feedback could not be saved in {self.folder}: {error}") from error
+            self._written += 1
+            number = self._written
+            self._dirty.add(fd)
+        self._wait_until_durable(number)
+        with self._lock:
             self.count += 1
         return record
+
+    def _wait_until_durable(self, number: int) -> None:
+        """Return once row `number` is fsynced; raise `FlywheelError` if the fsync that covered it failed."""
+        with self._sync_lock:
+            if self._synced < number:
+                with self._lock:  # dup: a new day or a rotation may close the writer's fd meanwhile
+                    first, last = self._synced + 1, self._written
+                    dirty = [os.dup(fd) for fd in self._dirty]
+                    self._dirty.clear()
+                try:
+                    for fd in dirty:
+                        os.fsync(fd)
+                except OSError as error:
+                    self._failed_batches = [*self._failed_batches[-63:], (first, last, str(error))]
+                    with self._lock:
+                        self._rotate()
+                finally:
+                    for fd in dirty:
+                        os.close(fd)
+                self._synced = last
+            failure = next((error for first, last, error in self._failed_batches if first <= number <= last), None)
+        if failure is not None:
+            raise FlywheelError(f"Feedback could not be saved in {self.folder}: {failure}")
 
     def session_id(self, raw: str | None) -> str | None:
         """A salted sha256 of a Gradio session hash (the salt lives as long as this object).
@@ -187,7 +221,7 @@ class FeedbackStore:
         with self._lock:
             self._closed = True
             for fd in self._files.values():
-                os.close(fd)
+                self._close_durably(fd)
             self._files.clear()
         if self.sync is not None and not self.sync.close(push=push, timeout=timeout):
             health = self.sync.health()
@@ -222,10 +256,20 @@ class FeedbackStore:
 
     def _rotate(self) -> None:
         for fd in self._files.values():
-            with contextlib.suppress(OSError):
-                os.close(fd)
+            self._close_durably(fd)
         self._files.clear()
         self._writer_id = str(uuid.uuid4())
+
+    def _close_durably(self, fd: int) -> None:
+        """Close a writer's file (under `_lock`), fsyncing it first if rows wait for a group fsync."""
+        if fd in self._dirty:
+            self._dirty.discard(fd)
+            try:
+                os.fsync(fd)
+            except OSError as error:  # the rows waiting on it must not be acknowledged
+                self._failed_batches = [*self._failed_batches[-63:], (self._synced + 1, self._written, str(error))]
+        with contextlib.suppress(OSError):
+            os.close(fd)
 
     def _file(self, relative: str) -> int:
         fd = self._files.get(relative)
@@ -233,7 +277,7 @@ class FeedbackStore:
             return fd
         task_dir = relative.rsplit("/", 1)[0]
         for old in [key for key in self._files if key.startswith(task_dir + "/")]:
-            os.close(self._files.pop(old))  # a new day: yesterday's file is done
+            self._close_durably(self._files.pop(old))  # a new day: yesterday's file is done
         directory = self.folder / relative
         _make_dirs_durably(directory)
         fd = os.open(directory / f"{self._writer_id}.jsonl", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
