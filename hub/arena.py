@@ -31,6 +31,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from hub.commands import add_feedback_source, command_group
 from hub.errors import FlywheelError
 
 ELO_SCALE = 400 / math.log(10)
@@ -230,15 +231,13 @@ def render(standings: Sequence[Standing]) -> str:
 
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add `arena leaderboard` to the `python -m hub` dispatcher."""
-    arena = subparsers.add_parser("arena", help="Rank the models compared in the arena.",
-                                  description="Rank the models compared in the arena tab from its votes.")
-    actions = arena.add_subparsers(dest="arena_command", required=True, metavar="leaderboard")
+    actions = command_group(subparsers, "arena", actions=("leaderboard",),
+                            help="Rank the models compared in the arena.",
+                            description="Rank the models compared in the arena tab from its votes.")
     board = actions.add_parser("leaderboard", help="Bradley-Terry ratings with bootstrap confidence intervals.",
                                description="Fit Bradley-Terry ratings to the arena votes that record both sides' "
                                            "model and print them with bootstrap confidence intervals.")
-    board.add_argument("--repo", metavar="REPO_OR_FOLDER",
-                       help="Feedback: Hub dataset repo id or local folder (default: the local feedback home).")
-    board.add_argument("--revision", help="Hub revision (branch, tag or commit) to read.")
+    add_feedback_source(board)
     board.add_argument("--bootstrap", type=int, default=200, help="Bootstrap resamples for the intervals.")
     board.add_argument("--seed", type=int, default=0, help="Seed of the bootstrap resamples.")
     board.set_defaults(func=run_leaderboard)

@@ -26,6 +26,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from hub.commands import command_group
 from hub.errors import FlywheelError
 from hub.paths import flywheel_home
 from hub.publish import AdapterCard, DatasetRef, default_repo, push_adapter
@@ -169,9 +170,9 @@ def served_checkpoint(task: str, *, root: Path | None = None) -> tuple[OnlineSta
 
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add `online push` and `online status` to the `python -m hub` dispatcher."""
-    online = subparsers.add_parser("online", help="Publish or inspect an online-learned adapter.",
-                                   description="The adapters `python -m demos --online TASK` learns while it runs.")
-    actions = online.add_subparsers(dest="online_command", required=True, metavar="{push,status}")
+    actions = command_group(subparsers, "online", actions=("push", "status"),
+                            help="Publish or inspect an online-learned adapter.",
+                            description="The adapters `python -m demos --online TASK` learns while it runs.")
     push = actions.add_parser("push", help="Publish the served online adapter with a model card.",
                               description="Publish the online adapter the app serves (the newest checkpoint "
                                           "that passed its probe) with a model card, like a trainer's --push.")

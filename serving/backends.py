@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Protocol
 from urllib.parse import urlsplit
 
 from hub.repos import BUNDLED, DEFAULT_LIMITS, HubLimits
+from serving.slots import ServedAdapter
 from tasks import InvalidInput
 
 if TYPE_CHECKING:
@@ -33,17 +34,6 @@ if TYPE_CHECKING:
 
 LOCAL, OPENAI = "local", "openai"
 BACKEND_FORMS = "`local` or `openai=URL` (an OpenAI-compatible server such as vLLM, e.g. openai=http://host:8000)"
-
-
-class ServedAdapter(Protocol):
-    """An adapter a backend serves under `key`: where it came from and which revision."""
-
-    key: str
-    ref: str
-    revision: str
-
-    @property
-    def label(self) -> str: ...
 
 
 class GenerationBackend(Protocol):

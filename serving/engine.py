@@ -23,7 +23,7 @@ from serving.adapters import validate_adapter
 from serving.batching import MAX_BATCH, Batcher, ModelLock, Request
 from serving.injection import add_adapter, remove_adapter
 from serving.models import LoadedModel
-from serving.slots import AdapterSlots, adapter_label
+from serving.slots import AdapterSlots, ServedAdapter
 from tasks import TASKS, Task
 from tasks.generation import check_generation_settings
 
@@ -62,21 +62,11 @@ class GenerationSettings:
 
 
 @dataclass
-class AdapterInfo:
+class AdapterInfo(ServedAdapter):
     """A LoRA adapter loaded into the engine."""
 
-    key: str
-    """What requests ask for: usually a task slug."""
-    ref: str
-    """Hub repo id or local folder it came from."""
-    revision: str
-    """Commit sha (Hub) or content hash (folder) of the loaded files."""
-    peft_name: str
+    peft_name: str = ""
     """Unique name inside the PEFT model (one per loaded revision)."""
-
-    @property
-    def label(self) -> str:
-        return adapter_label(self.ref, self.revision)
 
 
 BASE_LABEL = "base model"

@@ -43,7 +43,7 @@ from hub.errors import FlywheelError, first_line
 from hub.repos import DEFAULT_LIMITS, HubLimits, is_local_ref, latest_revision, resolve_adapter
 from serving.adapters import validate_adapter
 from serving.engine import BASE_LABEL, GenerationSettings
-from serving.slots import AdapterSlots, adapter_label
+from serving.slots import AdapterSlots, ServedAdapter, adapter_label
 from tasks import InvalidInput, Task
 
 logger = logging.getLogger(__name__)
@@ -66,18 +66,11 @@ VLLM_FIELDS, GENERATION_CONFIG = "vllm", "generation_config"
 
 
 @dataclass
-class RemoteLora:
+class RemoteLora(ServedAdapter):
     """A LoRA adapter revision loaded on the server."""
 
-    key: str
-    ref: str
-    revision: str
-    lora_name: str
+    lora_name: str = ""
     """Its name on the server: the `model` of requests that use it."""
-
-    @property
-    def label(self) -> str:
-        return adapter_label(self.ref, self.revision)
 
 
 def lora_name_for(key: str, revision: str) -> str:

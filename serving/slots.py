@@ -16,12 +16,29 @@ Example:
 from __future__ import annotations
 
 import threading
+from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 
 def adapter_label(ref: str, revision: str) -> str:
     """How an adapter revision is named in served-by boxes, status panels and logs."""
     return f"{ref}@{revision[:12]}"
+
+
+@dataclass
+class ServedAdapter:
+    """An adapter revision a backend serves under `key`; each backend adds how it names it."""
+
+    key: str
+    """What requests ask for: usually a task slug."""
+    ref: str
+    """Hub repo id or local folder it came from."""
+    revision: str
+    """Commit sha (Hub) or content hash (folder) of the loaded files."""
+
+    @property
+    def label(self) -> str:
+        return adapter_label(self.ref, self.revision)
 
 
 Held = TypeVar("Held")

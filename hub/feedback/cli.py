@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from hub.commands import add_feedback_source, command_group
 from hub.feedback.loading import FeedbackCounts, feedback_counts
 from hub.feedback.records import KINDS
 from hub.feedback.sync_state import SyncState
@@ -21,15 +22,12 @@ from tasks import SLUGS, get_task
 
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add `feedback stats` to the `python -m hub` dispatcher."""
-    feedback = subparsers.add_parser("feedback", help="Inspect the feedback dataset.",
-                                     description="Inspect the feedback dataset (local folder or Hub repo).")
-    actions = feedback.add_subparsers(dest="feedback_command", required=True, metavar="stats")
+    actions = command_group(subparsers, "feedback", actions=("stats",), help="Inspect the feedback dataset.",
+                            description="Inspect the feedback dataset (local folder or Hub repo).")
     stats = actions.add_parser("stats", help="Count feedback rows per task and kind.",
                                description="Count valid, deduplicated feedback rows per task and kind, and "
                                            "show the health of this machine's sync to the Hub.")
-    stats.add_argument("--repo", metavar="REPO_OR_FOLDER",
-                       help="Hub dataset repo id or local folder (default: the local feedback home).")
-    stats.add_argument("--revision", help="Hub revision (branch, tag or commit) to read.")
+    add_feedback_source(stats)
     stats.set_defaults(func=run_stats)
     return stats
 
