@@ -86,10 +86,16 @@ def train_runtime(out: pathlib.Path) -> float | None:
     return next((float(r["train_runtime"]) for r in rows if "train_runtime" in r), None)
 
 
-def summary_part(args: argparse.Namespace, out: pathlib.Path) -> dict[str, Any]:
-    data = pathlib.Path(args.data) / "dialogue_summary" / "dialogsum_validation.jsonl"
+def shared_file(args: argparse.Namespace, folder: str, name: str, what: str) -> pathlib.Path:
+    """A file of ../shared/data (or --data), or exit with one line saying where it was looked for."""
+    data = pathlib.Path(args.data) / folder / name
     if not data.exists():
-        raise SystemExit(f"DialogSum not found at {data}: pass --data <folder with dialogue_summary/>.")
+        raise SystemExit(f"{what} not found at {data}: pass --data <folder with {folder}/>.")
+    return data
+
+
+def summary_part(args: argparse.Namespace, out: pathlib.Path) -> dict[str, Any]:
+    data = shared_file(args, "dialogue_summary", "dialogsum_validation.jsonl", "DialogSum")
     target = out / "dialogue_summary-sft"
     wall = run_trainer("sft.py", [
         "--task", "dialogue_summary", "--model", args.model, "--seed-data", str(data),
@@ -105,9 +111,7 @@ def summary_part(args: argparse.Namespace, out: pathlib.Path) -> dict[str, Any]:
 
 
 def preference_part(args: argparse.Namespace, out: pathlib.Path) -> dict[str, Any]:
-    data = pathlib.Path(args.data) / "preference" / "hh_rlhf.jsonl"
-    if not data.exists():
-        raise SystemExit(f"HH-RLHF not found at {data}: pass --data <folder with preference/>.")
+    data = shared_file(args, "preference", "hh_rlhf.jsonl", "HH-RLHF")
     target = out / "arena-reward"
     wall = run_trainer("reward.py", [
         "--task", "arena", "--model", args.model, "--seed-data", str(data), "--no-use-feedback",
