@@ -7,6 +7,7 @@ Examples:
     python -m demos --adapter tweet=me/flywheel-tweet-ppo --feedback-repo me/flywheel-feedback
     python -m demos --require-login --limit generation=30/hour --limit feedback-per-ip=off
     python -m demos --online tweet --guard toxicity=0.5   # learn from ratings as they arrive; guard outputs
+    python -m demos --mcp                             # the generate endpoints as MCP tools too
     python -m demos --list-tasks
 """
 
@@ -91,6 +92,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--guard-scorer", default="auto", metavar="SPEC",
                         help="The guard's toxicity scorer: auto, profanity-check, detoxify[=CKPT] or a Hub "
                              "classifier id (the detox reward's scorers).")
+    parser.add_argument("--mcp", action="store_true",
+                        help="Also serve the generate endpoints as MCP tools at /gradio_api/mcp/ (feedback stays "
+                             "API-only).")
     parser.add_argument("--list-tasks", action="store_true", help="Print the task slugs and exit.")
     return parser.parse_args(argv)
 
@@ -154,7 +158,8 @@ def main(argv: list[str] | None = None) -> int:
                     arena=ArenaSides(a=args.arena_a, b=args.arena_b), access=access, guard=guard, online=online)
     stop_on_sigterm()
     try:
-        app.launch(server_name=args.host, server_port=args.port, show_error=True, max_file_size=MAX_FILE_SIZE)
+        app.launch(server_name=args.host, server_port=args.port, show_error=True, max_file_size=MAX_FILE_SIZE,
+                   mcp_server=args.mcp)
     finally:
         if online is not None:
             online.stop()  # checkpoints the newest weights: a restart resumes them

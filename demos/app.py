@@ -12,6 +12,7 @@ from typing import Any
 
 import gradio as gr
 
+from demos.endpoints import Parameter, field_parameters, name_parameters, setting_parameters
 from demos.handlers import ARENA_VOTES, ArenaSides, Suite, refusal
 from demos.quotas import Access, Quotas, Visitor, visitor_from
 from demos.settings import SettingsPanel, build_settings_panel
@@ -28,6 +29,8 @@ PRIVATE = {"api_visibility": "private"}
 FEEDBACK_EVENT = {"concurrency_limit": None, "queue": False}
 """Feedback writes one line: it never waits behind generation (no concurrency limit, its own group),
 and the browser sends it as a plain HTTP call outside the queue (gradio_client still joins the queue)."""
+OUTPUT = Parameter("output", str, "The output as generate returned it.")
+SERVED_BY = Parameter("served_by", dict, "The served_by generate returned with the output (it holds its ticket).")
 MAX_FILE_SIZE = "1mb"
 """`launch(max_file_size=...)`: no tab takes files, so Gradio's upload route gets a small cap."""
 
@@ -152,6 +155,10 @@ class _Tabs:
         def generate(request: gr.Request, profile: gr.OAuthProfile | None, *values: Any):
             yield from suite.generate(task.slug, list(values), visitor=self.visitor(request, profile))
 
+        name_parameters(generate, name=f"generate_{task.slug}", summary=f"{task.title}: {task.description} Returns "
+                        "the output, then its served_by (model, adapter, settings and the signed ticket that "
+                        "feedback on this output must pass back).",
+                        parameters=field_parameters(task) + setting_parameters())
         event = button.click(generate, fields + settings.components(), outputs, api_name=f"generate_{task.slug}",
                              **self.generation)
         if task.rating_weights:
@@ -186,6 +193,12 @@ class _Tabs:
                                                   completion=completion, edited=edited.strip()))
             return " ".join(messages)
 
+        name_parameters(feedback, name=f"feedback_{task.slug}", mcp_tool=False,
+                        summary=f"Flag or correct a {task.title} output.",
+                        parameters=[*field_parameters(task), OUTPUT,
+                                    Parameter("flag", str | None, f"One of {', '.join(task.flags)}, or None."),
+                                    Parameter("corrected_output", str, "The output as it should have been, or ''."),
+                                    SERVED_BY])
         send.click(feedback, [*fields, output, flag, edit, served_by], status, api_name=f"feedback_{task.slug}",
                    **FEEDBACK_EVENT)
         return edit
@@ -222,6 +235,11 @@ class _Tabs:
                                      kind="rating", completion=completion, ratings=ratings,
                                      reward=task.reward_from_ratings(ratings))
 
+        name_parameters(feedback, name=f"feedback_{task.slug}", mcp_tool=False,
+                        summary=f"Rate a {task.title} output from 1 (poor) to 5 (excellent) on each quality.",
+                        parameters=[*field_parameters(task), OUTPUT,
+                                    *(Parameter(name, int, f"{name.capitalize()}, 1 to 5.")
+                                      for name in task.rating_weights), SERVED_BY])
         send.click(feedback, [*fields, output, *sliders, served_by], status, api_name=f"feedback_{task.slug}",
                    **FEEDBACK_EVENT)
 
@@ -247,6 +265,9 @@ class _Tabs:
         def generate(request: gr.Request, profile: gr.OAuthProfile | None, *values: Any):
             yield from self.suite.generate_arena(list(values), visitor=self.visitor(request, profile))
 
+        name_parameters(generate, name="generate_arena", summary=f"{task.title}: {task.description} Returns "
+                        "answer A, answer B, then their served_by (which the vote must pass back).",
+                        parameters=field_parameters(task) + setting_parameters())
         button.click(generate, fields + settings.components(), [answer_a, answer_b, served_by],
                      api_name="generate_arena", **self.generation)
 
@@ -258,5 +279,9 @@ class _Tabs:
             return self.suite.record_vote(inputs, served, self.visitor(request, profile), answers=(a, b),
                                           choice=choice)
 
+        name_parameters(feedback, name="feedback_arena", mcp_tool=False, summary="Vote for the better arena answer.",
+                        parameters=[*field_parameters(task), Parameter("answer_a", str, "Answer A as received."),
+                                    Parameter("answer_b", str, "Answer B as received."),
+                                    Parameter("vote", str, f"One of {', '.join(ARENA_VOTES)}."), SERVED_BY])
         send.click(feedback, [*fields, answer_a, answer_b, vote, served_by], status, api_name="feedback_arena",
                    **FEEDBACK_EVENT)

@@ -47,12 +47,17 @@ class SettingLimit:
     def kind(self) -> type:
         return int if self.whole else float
 
+    @property
+    def span(self) -> str:
+        """The range as error messages and API docs word it: "from 0 to 2"."""
+        return f"from {_plain(self.minimum)} to {_plain(self.maximum)}"
+
     def problem(self, value: Any) -> str | None:
         """None if `value` is acceptable, else what is wrong, as a predicate ("must be ...")."""
         if value is None and self.optional:
             return None
         number = "a whole number" if self.whole else "a number"
-        wanted = f"must be {number} from {_plain(self.minimum)} to {_plain(self.maximum)}"
+        wanted = f"must be {number} {self.span}"
         if isinstance(value, bool) or not isinstance(value, int | float):
             return wanted
         if isinstance(value, float) and not math.isfinite(value):

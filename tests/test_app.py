@@ -27,11 +27,11 @@ def free_port() -> int:
 
 
 @contextmanager
-def serving(app: Any) -> Iterator[str]:
+def serving(app: Any, *, mcp_server: bool = False) -> Iterator[str]:
     """Launch `app` on a free local port (uploads capped as in production); yield its URL."""
     port = free_port()
     app.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
-               max_file_size=MAX_FILE_SIZE)
+               max_file_size=MAX_FILE_SIZE, mcp_server=mcp_server)
     try:
         yield f"http://127.0.0.1:{port}/"
     finally:
