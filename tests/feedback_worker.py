@@ -17,6 +17,22 @@ from hub.feedback.store import FeedbackStore
 RATINGS = {"relevance": 4, "clarity": 5, "originality": 3, "engagement": 4}
 
 
+def rate(store: FeedbackStore, text: str = "Ship it.") -> dict:
+    """Log one tweet rating of `text`; return the record."""
+    return store.log(task="tweet", kind="rating", inputs={"prompt": "Advice"}, completion=text,
+                     ratings=RATINGS)
+
+
+def rate_in_threads(store: FeedbackStore, *, threads: int, records: int, prefix: str = "") -> None:
+    """`threads` threads each log `records` ratings through `store` at once; return when all are logged."""
+    workers = [threading.Thread(target=lambda n=n: [rate(store, f"{prefix}{n}-{i}") for i in range(records)])
+               for n in range(threads)]
+    for thread in workers:
+        thread.start()
+    for thread in workers:
+        thread.join()
+
+
 def write(store: FeedbackStore, *, writer: int, records: int, print_ids: bool, lock: threading.Lock) -> None:
     number = 0
     while records == 0 or number < records:

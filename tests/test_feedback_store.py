@@ -25,14 +25,9 @@ from hub.feedback.records import InvalidRecord, validate_record
 from hub.feedback.store import FeedbackStore
 from hub.paths import feedback_home
 from tasks import SLUGS
+from tests.feedback_worker import RATINGS, rate, rate_in_threads
 
 ROOT = Path(__file__).resolve().parents[1]
-RATINGS = {"relevance": 4, "clarity": 5, "originality": 3, "engagement": 4}
-
-
-def rate(store: FeedbackStore, text: str = "Ship it.") -> dict:
-    return store.log(task="tweet", kind="rating", inputs={"prompt": "Advice"}, completion=text,
-                     ratings=RATINGS)
 
 
 def lines_of(folder: Path) -> list[bytes]:
@@ -169,12 +164,7 @@ def test_constructor_refuses_bad_settings(tmp_path: Path) -> None:
 def test_32_concurrent_writers_in_threads_and_processes_write_exactly_1600_rows(tmp_path: Path) -> None:
     children = [worker(tmp_path, "--threads", "8", "--records", "50") for _ in range(2)]
     store = FeedbackCallback(folder=tmp_path)
-    threads = [threading.Thread(target=lambda n=n: [rate(store, f"t{n}-{i}") for i in range(50)])
-               for n in range(16)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    rate_in_threads(store, threads=16, records=50, prefix="t")
     for child in children:
         assert child.wait(timeout=120) == 0, child.stderr.read()
     store.close()

@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -20,12 +19,12 @@ import hub.feedback.sync
 from hub.cli import main as hub_main
 from hub.feedback.callback import FeedbackCallback
 from hub.feedback.loading import load_feedback, load_feedback_snapshot
+from tests.feedback_worker import rate, rate_in_threads
 from tests.hub_server import HubServer
 from tests.hub_server_faults import COMMITS, UPLOADS
 
 ROOT = Path(__file__).resolve().parents[1]
 REPO = "user/flywheel-feedback"
-RATINGS = {"relevance": 4, "clarity": 5, "originality": 3, "engagement": 4}
 
 
 @pytest.fixture
@@ -34,11 +33,6 @@ def fast_retries(monkeypatch: pytest.MonkeyPatch) -> None:
     from huggingface_hub.utils import _http
 
     monkeypatch.setattr(_http, "time", SimpleNamespace(sleep=lambda seconds: time.sleep(min(seconds, 0.02))))
-
-
-def rate(store: FeedbackCallback, text: str = "Ship it.") -> dict:
-    return store.log(task="tweet", kind="rating", inputs={"prompt": "Advice"}, completion=text,
-                     ratings=RATINGS)
 
 
 def hub_ids(server: HubServer, repo: str = REPO, revision: str = "main") -> list[str]:
@@ -60,12 +54,7 @@ def test_many_rows_go_up_in_one_commit_per_interval(hub_server: HubServer, tmp_p
     store = FeedbackCallback(folder=tmp_path / "feedback", repo_id=REPO, every=60)
     store.setup()
     assert store.push(timeout=30)  # the card
-    threads = [threading.Thread(target=lambda n=n: [rate(store, f"{n}-{i}") for i in range(25)])
-               for n in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    rate_in_threads(store, threads=8, records=25)
     before = hub_server.commit_count(REPO, "dataset")
     assert store.push(timeout=30)
     assert hub_server.commit_count(REPO, "dataset") == before + 1

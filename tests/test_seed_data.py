@@ -144,24 +144,23 @@ def test_interests_fall_back_to_the_persona_itself() -> None:
     assert interests_from_persona(["My favorite band is the Beatles."]) == "the Beatles"
 
 
-def test_dialogue_formats_become_dialogue_response_examples(tmp_path: Path) -> None:
-    task = get_task("dialogue_response")
-    (pair,) = load_examples(write_jsonl(tmp_path / "pairs.jsonl", DD_PAIRS), task=task)
-    assert pair.inputs == {"dialogue": "Is there a bank near here?"}
-    assert pair.references == ["Five blocks away."]
-    (dialogue,) = load_examples(write_jsonl(tmp_path / "dd.jsonl", DD_DIALOGUES), task=task)
-    assert dialogue.inputs == {"dialogue": "Hi.\nHello."} and dialogue.references == ["How are you?"]
-    (spc,) = load_examples(write_jsonl(tmp_path / "spc.jsonl", SPC_DIALOGUES), task=task)
-    assert spc.inputs == {"dialogue": "Hi!"} and spc.references == ["Hey there."]
+ONE_EXAMPLE_FORMATS = [
+    ("dialogue_response", DD_PAIRS, {"dialogue": "Is there a bank near here?"}, ["Five blocks away."]),
+    ("dialogue_response", DD_DIALOGUES, {"dialogue": "Hi.\nHello."}, ["How are you?"]),
+    ("dialogue_response", SPC_DIALOGUES, {"dialogue": "Hi!"}, ["Hey there."]),
+    ("tweet", TWEETTOPIC, {"prompt": "Business & entrepreneurs, food & dining"}, ["Open for business! #smallbiz"]),
+    ("tweet", FINANCIAL, {"prompt": "M&A and investments"}, None),
+]
+"""(task, rows of one file format, the example's inputs, its references or None to leave them unchecked)."""
 
 
-def test_tweet_files_get_prompts_from_topics(tmp_path: Path) -> None:
-    task = get_task("tweet")
-    (topic,) = load_examples(write_jsonl(tmp_path / "tt.jsonl", TWEETTOPIC), task=task)
-    assert topic.inputs == {"prompt": "Business & entrepreneurs, food & dining"}
-    assert topic.references == ["Open for business! #smallbiz"]
-    (news,) = load_examples(write_jsonl(tmp_path / "tfn.jsonl", FINANCIAL), task=task)
-    assert news.inputs == {"prompt": "M&A and investments"}
+@pytest.mark.parametrize(("slug", "rows", "inputs", "references"), ONE_EXAMPLE_FORMATS)
+def test_dialogue_and_tweet_formats_become_examples_of_the_task(tmp_path: Path, slug: str, rows: list[dict],
+                                                                 inputs: dict, references: list | None) -> None:
+    (example,) = load_examples(write_jsonl(tmp_path / "rows.jsonl", rows), task=get_task(slug))
+    assert example.inputs == inputs
+    if references is not None:
+        assert example.references == references
 
 
 def test_feedback_records_filter_by_task_and_merge_references(tmp_path: Path) -> None:

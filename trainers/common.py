@@ -19,8 +19,8 @@ Config = TypeVar("Config")
 
 
 @dataclass
-class TrainerArgs:
-    """Options every trainer takes (`sft`, `reward`, `dpo`, `kto`, `ppo`, `grpo`)."""
+class TrainingOptions:
+    """What a trainer run and a round of `trainers/loop.py` both take: task, data, base model, steps, LoRA shape."""
 
     task: str | None = field(default=None, metadata={
         "help": "Task slug to train for (conversation_starter, dialogue_summary, dialogue_response, detox, "
@@ -31,34 +31,40 @@ class TrainerArgs:
     feedback_repo: str | None = field(default=None, metadata={
         "help": "Feedback dataset: Hub dataset repo id or local folder (default: the local feedback home, "
                 "FLYWHEEL_HOME/feedback)."})
-    feedback_revision: str | None = field(default=None, metadata={
-        "help": "Revision of the feedback dataset repo to train on (default: latest)."})
     seed_data: list[str] = field(default_factory=list, metadata={
         "help": "Extra training data: JSONL files or Hub dataset ids in the task's own format "
                 "(e.g. ../shared/data/dialogue_summary/dialogsum_validation.jsonl). Repeatable."})
+    eval_limit: int = field(default=32, metadata={"help": "Examples evaluated before and after training."})
+    eval_batch_size: int = field(default=8, metadata={"help": "Examples scored together in evaluation."})
+    max_steps: int = field(default=-1, metadata={
+        "help": "Stop after this many optimizer steps (-1: train for num_train_epochs)."})
+    num_train_epochs: float = field(default=1.0, metadata={"help": "Epochs over the training data."})
+    per_device_train_batch_size: int = field(default=4, metadata={"help": "Batch size per process."})
+    max_length: int = field(default=512, metadata={"help": "Longest training sequence, in tokens."})
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA scaling numerator (scale = alpha / r)."})
+    seed: int = field(default=42, metadata={"help": "Random seed for data order, LoRA init and sampling."})
+
+
+@dataclass
+class TrainerArgs(TrainingOptions):
+    """Options every trainer takes (`sft`, `reward`, `dpo`, `kto`, `ppo`, `grpo`)."""
+
+    feedback_revision: str | None = field(default=None, metadata={
+        "help": "Revision of the feedback dataset repo to train on (default: latest)."})
     min_rows: int = field(default=MIN_ROWS, metadata={
         "help": "Refuse to train on fewer rows than this (after the held-out evaluation split)."})
     eval_data: str | None = field(default=None, metadata={
         "help": "Held-out data for the before/after evaluation (path or Hub dataset id). "
                 "Default: a held-out slice of the training data."})
-    eval_limit: int = field(default=32, metadata={"help": "Examples evaluated before and after training."})
-    eval_batch_size: int = field(default=8, metadata={"help": "Examples scored together in evaluation."})
     output_dir: str | None = field(default=None, metadata={
         "help": "Where the adapter, logs and plots are written "
                 "(default FLYWHEEL_HOME/adapters/<task>-<method>)."})
-    max_steps: int = field(default=-1, metadata={
-        "help": "Stop after this many optimizer steps (-1: train for num_train_epochs)."})
-    num_train_epochs: float = field(default=1.0, metadata={"help": "Epochs over the training data."})
     learning_rate: float = field(default=2e-4, metadata={"help": "Peak learning rate of AdamW."})
-    per_device_train_batch_size: int = field(default=4, metadata={"help": "Batch size per process."})
     gradient_accumulation_steps: int = field(default=1, metadata={"help": "Batches per optimizer step."})
-    max_length: int = field(default=512, metadata={"help": "Longest training sequence, in tokens."})
-    lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
-    lora_alpha: int = field(default=32, metadata={"help": "LoRA scaling numerator (scale = alpha / r)."})
     lora_dropout: float = field(default=0.05, metadata={"help": "Dropout on the LoRA branch."})
     lora_target_modules: str = field(default="all-linear", metadata={
         "help": "Modules that get LoRA: `all-linear` or a comma-separated list such as q_proj,v_proj."})
-    seed: int = field(default=42, metadata={"help": "Random seed for data order, LoRA init and sampling."})
     logging_steps: int = field(default=1, metadata={"help": "Log metrics every N steps."})
     report_to: str = field(default="tensorboard", metadata={
         "help": "Metrics logger: tensorboard, trackio or none. Metrics are also kept in metrics.jsonl."})

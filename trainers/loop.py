@@ -33,7 +33,7 @@ import gc
 import logging
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from hub.arena import head_to_head, load_matches
@@ -43,26 +43,21 @@ from hub.paths import flywheel_home
 from hub.publish import AdapterCard, default_repo, publish_files, push_adapter
 from hub.repos import ADAPTER_CONFIG, HUB_ERRORS, content_revision, is_local_ref
 from tasks import InvalidInput, Task, get_task
-from trainers.common import run
+from trainers.common import TrainingOptions, run
 from trainers.rounds import Challenger, Intake, choose_method, metrics_of, take_in, train_challenger
 
 logger = logging.getLogger("flywheel.loop")
 
 ROUNDS_TITLE = "Rounds up to this adapter's promotion"
-TRAINING_OPTIONS = ("model", "feedback_repo", "seed_data", "eval_extra_data", "eval_limit", "eval_batch_size",
-                    "eval_max_new_tokens", "max_steps", "num_train_epochs", "learning_rate",
-                    "per_device_train_batch_size", "max_length", "lora_r", "lora_alpha", "seed", "report_to",
-                    "margin")
+TRAINING_OPTIONS = (*(option.name for option in fields(TrainingOptions)), "eval_extra_data", "eval_max_new_tokens",
+                    "learning_rate", "report_to", "margin")
 """LoopArgs fields handed to every round's trainer (each takes those its config has)."""
 
 
 @dataclass
-class LoopArgs:
-    """Options of `trainers/loop.py`."""
+class LoopArgs(TrainingOptions):
+    """Options of `trainers/loop.py`: those of a training run (handed to every round's trainer) and the loop's own."""
 
-    task: str | None = field(default=None, metadata={"help": "Task slug whose adapter the rounds train."})
-    feedback_repo: str | None = field(default=None, metadata={
-        "help": "Feedback dataset: Hub dataset repo id or local folder (default: the local feedback home)."})
     adapter_repo: str | None = field(default=None, metadata={
         "help": "Where the champion lives and the ledger is kept: Hub model repo id or local folder "
                 "(default: <your user>/flywheel-<task>-loop on the Hub, else FLYWHEEL_HOME/published/...)."})
@@ -83,26 +78,13 @@ class LoopArgs:
                 "serve it as one arena side and the adapter repo as the other."})
     min_votes: int = field(default=30, metadata={
         "help": "--criterion arena: votes between champion and challenger needed to decide."})
-    model: str = field(default="bundled", metadata={"help": "Base model: `bundled`, a Hub id or a folder."})
-    seed_data: list[str] = field(default_factory=list, metadata={
-        "help": "Extra training data every round (JSONL files or Hub dataset ids). Repeatable."})
     eval_extra_data: list[str] = field(default_factory=list, metadata={
         "help": "The task's reference data, evaluated beside the held-out feedback and never trained on "
                 "(e.g. ../shared/data/dialogue_summary/dialogsum_validation.jsonl). Repeatable."})
-    eval_limit: int = field(default=32, metadata={
-        "help": "Held-out feedback prompts (and examples per --eval-extra-data source) evaluated per round."})
-    eval_batch_size: int = field(default=8, metadata={"help": "Examples scored together in evaluation."})
     eval_max_new_tokens: int | None = field(default=None, metadata={
         "help": "Tokens generated per evaluation example (default: a per-task length)."})
-    max_steps: int = field(default=-1, metadata={"help": "Optimizer steps per round (-1: --num-train-epochs)."})
-    num_train_epochs: float = field(default=1.0, metadata={"help": "Epochs over the round's training rows."})
     learning_rate: float | None = field(default=None, metadata={
         "help": "Peak learning rate (default: each method's own, e.g. 2e-4 SFT, 5e-5 DPO/KTO)."})
-    per_device_train_batch_size: int = field(default=4, metadata={"help": "Batch size per process."})
-    max_length: int = field(default=512, metadata={"help": "Longest training sequence, in tokens."})
-    lora_r: int = field(default=16, metadata={"help": "LoRA rank of the first adapter (later rounds keep it)."})
-    lora_alpha: int = field(default=32, metadata={"help": "LoRA scaling numerator of the first adapter."})
-    seed: int = field(default=42, metadata={"help": "Random seed (also fixes which prompts are held out)."})
     train_min_rows: int = field(default=8, metadata={
         "help": "A round's trainer refuses fewer training rows than this (after the held-out split)."})
     reward: str = field(default="toxicity", metadata={
