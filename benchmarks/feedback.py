@@ -1,18 +1,20 @@
-"""Feedback throughput: records/s and latency of `feedback_tweet` under 1, 8 and 32 gradio_client clients.
+"""Feedback throughput: records/s and latency of tweet ratings under 1, 8 and 32 concurrent clients.
 
     python benchmarks/feedback.py                       # the demos suite (tiny model)
     python -m benchmarks.feedback --app minimal --requests 100 --every 0.05
 
 Rows: bare `FeedbackCallback.log()` from threads (the store's own ceiling), then the app's
-`feedback_tweet` endpoint driven by concurrent `gradio_client` clients, each checked
-afterwards (rows on disk == requests, all valid), then the same load with Hub sync to the
-local test Hub, reporting commits per minute and whether every row reached the Hub.
+`feedback_tweet` endpoint driven by concurrent `gradio_client` clients and, for the suite, the
+plain HTTP route `POST /feedback/tweet` (`demos.feedback_client.send_feedback`, one keep-alive
+connection per client), each checked afterwards (rows on disk == requests, all valid), then the
+gradio_client load with Hub sync to the local test Hub, reporting commits per minute and whether
+every row reached the Hub.
 
 The suite accepts feedback only with a valid ticket (`hub.feedback.tickets`), so each
 request carries one, signed with the benchmark's own `FLYWHEEL_SECRET` exactly as the app
 signs an output (generating 1,600 outputs first would measure the model, not feedback);
-quotas are off. After the tables: how many forged feedback calls the suite accepted (must be
-0 of N) and what checking a ticket costs per row.
+quotas are off. After the tables: how many forged feedback calls the suite accepted through
+either path (must be 0 of N) and what checking a ticket costs per row.
 """
 
 from __future__ import annotations
@@ -33,11 +35,13 @@ from pathlib import Path
 from typing import Any
 
 import gradio as gr  # module level: Gradio resolves the `gr.Request` annotation in this namespace
+import httpx
 import pytest
 
 if not __package__:  # run as a script: tests/ (the local Hub, the tiny model) is not an installed package
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from demos.feedback_client import send_feedback
 from hub.feedback.callback import FeedbackCallback
 from hub.feedback.loading import load_feedback
 from hub.feedback.tickets import SECRET_ENV, TICKET_TTL, sign_ticket, verify_ticket
@@ -100,15 +104,18 @@ def build_minimal(feedback: FeedbackCallback, workdir: Path, concurrency: int) -
     return app
 
 
-def run_clients(url: str, served_for: ServedFor, *, clients: int, requests: int) -> tuple[list[float], float]:
+def run_clients(url: str, served_for: ServedFor, *, clients: int, requests: int,
+                via: str = "gradio_client") -> tuple[list[float], float]:
     """Latencies (s) of `clients` concurrent clients sending `requests` each, and the wall time.
 
-    Each client first sends one untimed request (connection and session set-up), so the
-    folder ends up with `clients * (requests + 1)` rows.
+    `via` is "gradio_client" or "http" (the suite's feedback route). Each client first sends one
+    untimed request (connection and session set-up), so the folder ends up with
+    `clients * (requests + 1)` rows.
     """
     from gradio_client import Client
 
-    pool = [Client(url, verbose=False) for _ in range(clients)]
+    pool = [Client(url, verbose=False) if via == "gradio_client" else httpx.Client(base_url=url)
+            for _ in range(clients)]
     for client in pool:
         send(client, "warm-up", served_for)
     latencies: list[float] = []
@@ -140,7 +147,12 @@ def run_clients(url: str, served_for: ServedFor, *, clients: int, requests: int)
 
 
 def send(client: Any, text: str, served_for: ServedFor) -> None:
-    client.predict(PROMPT, text, *RATINGS.values(), served_for(text), api_name="/feedback_tweet")
+    """Rate `text` through `client`: a gradio_client `Client`, or an `httpx.Client` for the HTTP route."""
+    if isinstance(client, httpx.Client):
+        send_feedback(str(client.base_url), "tweet", inputs={"prompt": PROMPT}, output=text, ratings=RATINGS,
+                      served_by=served_for(text), http=client)
+    else:
+        client.predict(PROMPT, text, *RATINGS.values(), served_for(text), api_name="/feedback_tweet")
 
 
 def run_direct(feedback: FeedbackCallback, *, threads: int, requests: int) -> tuple[list[float], float]:
@@ -201,17 +213,21 @@ def main() -> None:
                 latencies, wall = run_direct(feedback, threads=threads, requests=args.requests)
             check = rows_ok(folder, len(latencies))
             print(row("log() in threads", threads, latencies, wall, check), flush=True)
+        paths = ("gradio_client", "http") if args.app == "suite" else ("gradio_client",)
         for clients in counts:
-            folder = work / f"app-{clients}"
-            with FeedbackCallback(folder=folder) as feedback:
-                app = builder(feedback, work, args.concurrency)
-                _, url, _ = app.launch(prevent_thread_lock=True, server_name="127.0.0.1", quiet=True)
-                try:
-                    latencies, wall = run_clients(url, served_for(app), clients=clients, requests=args.requests)
-                finally:
-                    app.close()
-            check = rows_ok(folder, len(latencies) + clients)
-            print(row("gradio_client", clients, latencies, wall, check), flush=True)
+            for via in paths:
+                folder = work / f"app-{via}-{clients}"
+                with FeedbackCallback(folder=folder) as feedback:
+                    app = builder(feedback, work, args.concurrency)
+                    _, url, _ = app.launch(prevent_thread_lock=True, server_name="127.0.0.1", quiet=True)
+                    try:
+                        latencies, wall = run_clients(url, served_for(app), clients=clients,
+                                                      requests=args.requests, via=via)
+                    finally:
+                        app.close()
+                check = rows_ok(folder, len(latencies) + clients)
+                mode = "gradio_client" if via == "gradio_client" else "HTTP route POST /feedback/tweet"
+                print(row(mode, clients, latencies, wall, check), flush=True)
         print(hub_row(builder, work, clients=max(counts), requests=args.requests,
                       concurrency=args.concurrency, every=args.every), flush=True)
         if args.app == "suite":
@@ -280,34 +296,35 @@ def forgeries(base: str) -> dict[str, ServedFor]:
 
 
 def forged_row(work: Path, *, attempts: int) -> str:
-    """Forged feedback sent to the suite through gradio_client: how much of it became rows."""
+    """Forged feedback sent to the suite through gradio_client and the HTTP route: how much became rows."""
     from gradio_client import Client
 
     folder = work / "forged"
     with FeedbackCallback(folder=folder) as feedback:
         app = build_suite(feedback, work, 4)
         _, url, _ = app.launch(prevent_thread_lock=True, server_name="127.0.0.1", quiet=True)
-        client = Client(url, verbose=False)
+        clients = [Client(url, verbose=False), httpx.Client(base_url=url)]
         base, accepted, tried = app.flywheel_suite.engine.loaded.base_id, 0, 0
         try:
             replayed = signed(base, "A real output, rated once.")
-            client.predict(PROMPT, "A real output, rated once.", *RATINGS.values(), replayed,
-                           api_name="/feedback_tweet")
+            send(clients[0], "A real output, rated once.", lambda text: replayed)
             kinds = {**forgeries(base), "replayed ticket": lambda text: replayed}
             for name, forge in kinds.items():
                 for i in range(attempts):
                     text = "A real output, rated once." if name == "replayed ticket" else f"{name} {i}"
-                    tried += 1
-                    try:
-                        client.predict(PROMPT, text, *RATINGS.values(), forge(text), api_name="/feedback_tweet")
-                        accepted += 1
-                    except Exception:  # noqa: BLE001 - refused, as it should be
-                        pass
+                    for client in clients:
+                        tried += 1
+                        try:
+                            send(client, text, forge)
+                            accepted += 1
+                        except Exception:  # noqa: BLE001 - refused, as it should be
+                            pass
         finally:
-            client.close()
+            for client in clients:
+                client.close()
             app.close()
         rows = len(load_feedback(folder, task="tweet"))
-    return (f"forged feedback accepted: {accepted} of {tried} ({len(kinds)} kinds x {attempts}); "
+    return (f"forged feedback accepted: {accepted} of {tried} ({len(kinds)} kinds x {attempts} x 2 paths); "
             f"rows on disk: {rows} (1 honest rating sent)")
 
 

@@ -2,6 +2,7 @@
 
 Endpoints (for `gradio_client`): `generate_<slug>` and `feedback_<slug>` for every task.
 A feedback call passes back the served-by its output came with (it holds the output's ticket).
+The same feedback is also a plain HTTP call, `POST /feedback/<slug>` (`demos.feedback_route`).
 """
 
 from __future__ import annotations
@@ -12,12 +13,13 @@ from typing import Any
 
 import gradio as gr
 
-from demos.endpoints import Parameter, field_parameters, name_parameters, setting_parameters
-from demos.handlers import ARENA_VOTES, ArenaSides, Suite, refusal
+from demos.endpoints import field_parameters, name_parameters, setting_parameters
+from demos.feedback import feedback_parameters, feedback_summary, give_feedback
+from demos.feedback_route import FlywheelBlocks, feedback_route
+from demos.handlers import ARENA_VOTES, ArenaSides, Suite
 from demos.quotas import Access, Quotas, Visitor, visitor_from
 from demos.settings import SettingsPanel, build_settings_panel
 from hub.arena import HEADER as LEADERBOARD_HEADER
-from hub.feedback.records import MAX_TEXT_CHARS
 from serving.backends import GenerationBackend
 from serving.batching import MAX_BATCH
 from serving.engine import GenerationSettings
@@ -28,9 +30,8 @@ from tasks import TASKS, Task
 PRIVATE = {"api_visibility": "private"}
 FEEDBACK_EVENT = {"concurrency_limit": None, "queue": False}
 """Feedback writes one line: it never waits behind generation (no concurrency limit, its own group),
-and the browser sends it as a plain HTTP call outside the queue (gradio_client still joins the queue)."""
-OUTPUT = Parameter("output", str, "The output as generate returned it.")
-SERVED_BY = Parameter("served_by", dict, "The served_by generate returned with the output (it holds its ticket).")
+and the browser sends it as a plain HTTP call outside the queue (gradio_client still joins the queue;
+scripts that send much feedback use the HTTP route, `demos.feedback_route`)."""
 MAX_FILE_SIZE = "1mb"
 """`launch(max_file_size=...)`: no tab takes files, so Gradio's upload route gets a small cap."""
 
@@ -85,7 +86,7 @@ def build_app(engine: GenerationBackend, *, feedback: Any | None = None, arena: 
                   require_login=access.require_login, guard=guard, online=online,
                   toxicity=guard.scorer if guard is not None else None)
     tabs = _Tabs(suite, access, concurrency_limit)
-    with gr.Blocks(title=title) as app:
+    with FlywheelBlocks(title=title, routes=[feedback_route(suite, proxy_hops=access.proxy_hops)]) as app:
         gr.Markdown(header or f"# {title}\nDemos that learn from you: every answer can be flagged, "
                     "rated, voted on or corrected, and that feedback trains the next adapter.")
         if access.login or access.require_login:
@@ -115,15 +116,6 @@ def _inputs(task: Task) -> list[gr.Textbox]:
                        elem_id=f"{task.slug}-{f.name}") for f in task.fields]
 
 
-def _texts(*values: Any) -> list[str]:
-    """Output and edit boxes as text (non-text counts as empty), refusing over-long ones before any
-    per-character work."""
-    texts = [value if isinstance(value, str) else "" for value in values]
-    if any(len(text) > MAX_TEXT_CHARS for text in texts):
-        raise refusal(f"An output or corrected output is longer than {MAX_TEXT_CHARS} characters.")
-    return texts
-
-
 class _Tabs:
     """Lays out the tabs and wires their events to the suite, with who is asking."""
 
@@ -134,6 +126,19 @@ class _Tabs:
 
     def visitor(self, request: gr.Request | None, profile: gr.OAuthProfile | None) -> Visitor:
         return visitor_from(request, profile.username if profile else None, proxy_hops=self.proxy_hops)
+
+    def feedback_event(self, task: Task, send: gr.Button, components: list[gr.components.Component],
+                       status: gr.Markdown) -> None:
+        """Wire `send` to `feedback_<slug>`: `components` in `feedback_parameters(task)` order."""
+        names = [parameter.name for parameter in feedback_parameters(task)]
+
+        def feedback(request: gr.Request, profile: gr.OAuthProfile | None, *values: Any) -> str:
+            return give_feedback(self.suite, task, dict(zip(names, values, strict=True)),
+                                 self.visitor(request, profile))
+
+        name_parameters(feedback, name=f"feedback_{task.slug}", mcp_tool=False, summary=feedback_summary(task),
+                        parameters=feedback_parameters(task))
+        send.click(feedback, components, status, api_name=f"feedback_{task.slug}", **FEEDBACK_EVENT)
 
     def task(self, task: Task, settings: SettingsPanel) -> None:
         suite = self.suite
@@ -175,32 +180,7 @@ class _Tabs:
             edit = gr.Textbox(label="Corrected output (optional)", lines=4, elem_id=f"{task.slug}-edit")
             send = gr.Button("Send feedback", elem_id=f"{task.slug}-send")
             status = gr.Markdown(elem_id=f"{task.slug}-status")
-
-        def feedback(request: gr.Request, profile: gr.OAuthProfile | None, *values: Any) -> str:
-            *inputs, completion, label, edited, served = values
-            completion, edited = _texts(completion, edited)
-            if not completion.strip():
-                raise refusal("Generate an output first, then give feedback on it.")
-            is_edit = bool(edited.strip()) and edited.strip() != completion.strip()
-            if not label and not is_edit:
-                raise refusal("Choose a flag or write a corrected output.")
-            visitor, messages = self.visitor(request, profile), []
-            if label:
-                messages.append(self.suite.record(task.slug, inputs, served, visitor, kind="flag",
-                                                  completion=completion, label=label))
-            if is_edit:  # the edit belongs to the output it corrects: same ticket
-                messages.append(self.suite.record(task.slug, inputs, served, visitor, kind="edit",
-                                                  completion=completion, edited=edited.strip()))
-            return " ".join(messages)
-
-        name_parameters(feedback, name=f"feedback_{task.slug}", mcp_tool=False,
-                        summary=f"Flag or correct a {task.title} output.",
-                        parameters=[*field_parameters(task), OUTPUT,
-                                    Parameter("flag", str | None, f"One of {', '.join(task.flags)}, or None."),
-                                    Parameter("corrected_output", str, "The output as it should have been, or ''."),
-                                    SERVED_BY])
-        send.click(feedback, [*fields, output, flag, edit, served_by], status, api_name=f"feedback_{task.slug}",
-                   **FEEDBACK_EVENT)
+        self.feedback_event(task, send, [*fields, output, flag, edit, served_by], status)
         return edit
 
     def _ratings_feedback(self, task: Task, fields: list[gr.Textbox], output: gr.Textbox,
@@ -215,33 +195,13 @@ class _Tabs:
             send = gr.Button("Send ratings", elem_id=f"{task.slug}-send")
             status = gr.Markdown(elem_id=f"{task.slug}-status")
 
-        def ratings_of(values: tuple[Any, ...]) -> dict[str, int]:
-            return {name: int(value) for name, value in zip(task.rating_weights, values, strict=True)}
-
         def show_reward(*values: Any) -> float:
-            return task.reward_from_ratings(ratings_of(values))
+            return task.reward_from_ratings({name: int(value) for name, value in
+                                             zip(task.rating_weights, values, strict=True)})
 
         for slider in sliders:
             slider.change(show_reward, sliders, reward, **PRIVATE)
-
-        def feedback(request: gr.Request, profile: gr.OAuthProfile | None, *values: Any) -> str:
-            n = len(fields)
-            inputs, completion = values[:n], values[n]
-            served, ratings = values[-1], ratings_of(values[n + 1:-1])
-            (completion,) = _texts(completion)
-            if not completion.strip():
-                raise refusal("Generate an output first, then rate it.")
-            return self.suite.record(task.slug, list(inputs), served, self.visitor(request, profile),
-                                     kind="rating", completion=completion, ratings=ratings,
-                                     reward=task.reward_from_ratings(ratings))
-
-        name_parameters(feedback, name=f"feedback_{task.slug}", mcp_tool=False,
-                        summary=f"Rate a {task.title} output from 1 (poor) to 5 (excellent) on each quality.",
-                        parameters=[*field_parameters(task), OUTPUT,
-                                    *(Parameter(name, int, f"{name.capitalize()}, 1 to 5.")
-                                      for name in task.rating_weights), SERVED_BY])
-        send.click(feedback, [*fields, output, *sliders, served_by], status, api_name=f"feedback_{task.slug}",
-                   **FEEDBACK_EVENT)
+        self.feedback_event(task, send, [*fields, output, *sliders, served_by], status)
 
     def arena(self, task: Task, settings: SettingsPanel) -> None:
         fields = _inputs(task)
@@ -271,17 +231,4 @@ class _Tabs:
         button.click(generate, fields + settings.components(), [answer_a, answer_b, served_by],
                      api_name="generate_arena", **self.generation)
 
-        def feedback(request: gr.Request, profile: gr.OAuthProfile | None, *values: Any) -> str:
-            *inputs, a, b, choice, served = values
-            a, b = _texts(a, b)
-            if not (a.strip() and b.strip()):
-                raise refusal("Generate both answers first, then vote.")
-            return self.suite.record_vote(inputs, served, self.visitor(request, profile), answers=(a, b),
-                                          choice=choice)
-
-        name_parameters(feedback, name="feedback_arena", mcp_tool=False, summary="Vote for the better arena answer.",
-                        parameters=[*field_parameters(task), Parameter("answer_a", str, "Answer A as received."),
-                                    Parameter("answer_b", str, "Answer B as received."),
-                                    Parameter("vote", str, f"One of {', '.join(ARENA_VOTES)}."), SERVED_BY])
-        send.click(feedback, [*fields, answer_a, answer_b, vote, served_by], status, api_name="feedback_arena",
-                   **FEEDBACK_EVENT)
+        self.feedback_event(task, send, [*fields, answer_a, answer_b, vote, served_by], status)

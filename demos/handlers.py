@@ -64,10 +64,19 @@ class ArenaSides:
     b_temperature: float = 1.2
 
 
-def refusal(message: str) -> gr.Error:
+class Refusal(gr.Error):
+    """A refused request: the sentence a person sees, and the HTTP status the feedback route answers with
+    (400 bad input, 401 not signed in, 403 not vouched for by a ticket, 429 over a quota, 503 store down)."""
+
+    def __init__(self, message: str, *, status: int = 400) -> None:
+        super().__init__(message, print_exception=False)
+        self.status = status
+
+
+def refusal(message: str, *, status: int = 400) -> Refusal:
     """The error a person sees; no traceback in the server log (refusals are routine, and a flood
     of forged calls must not flood the log). Failures inside generation are logged separately."""
-    return gr.Error(message, print_exception=False)
+    return Refusal(message, status=status)
 
 
 def user_message(error: BaseException) -> str:
@@ -123,7 +132,11 @@ class Suite:
 
     def generate_arena(self, values: list[Any], *,
                        visitor: Visitor | None = None) -> Iterator[tuple[str, str, dict[str, Any]]]:
-        """Stream both arena answers, A first then B; each side's served-by gets its ticket when done."""
+        """Stream both arena answers, A first then B; each side's served-by gets its ticket when done.
+
+        Blind through the API too: a side's served-by holds only its sealed ticket (model, adapter,
+        revision and settings encrypted, `hub.feedback.tickets`), which `record_vote` opens to reveal them.
+        """
         task = get_task("arena")
         self._admit("generation", visitor)
         inputs, settings = self._parse(task, values)
@@ -142,16 +155,16 @@ class Suite:
         answers = {"A": "", "B": ""}
         try:
             for side, (key, side_settings) in zip("AB", candidates, strict=True):
-                with closing(self._serve(task, inputs, side_settings, key)) as steps:
+                with closing(self._serve(task, inputs, side_settings, key, sealed=True)) as steps:
                     for answers[side], served[side], _ in steps:
-                        yield answers["A"], answers["B"], served
+                        yield answers["A"], answers["B"], _blind(served)
         except Exception as error:  # noqa: BLE001
             logger.exception("Arena generation failed")
             raise refusal(user_message(error)) from None
-        yield answers["A"], answers["B"], served
+        yield answers["A"], answers["B"], _blind(served)
 
     def _serve(self, task: Task, inputs: dict[str, str], settings: GenerationSettings,
-               adapter: str | None) -> Iterator[tuple[str, dict[str, Any], bool]]:
+               adapter: str | None, *, sealed: bool = False) -> Iterator[tuple[str, dict[str, Any], bool]]:
         """Stream (text, served-by, final) of one answer through the guard; the final served-by has the
         ticket, unless the guard withheld every attempt (then the text is its message, with no ticket)."""
         attempts: list[dict[str, Any]] = []
@@ -169,7 +182,7 @@ class Suite:
                 if step.withheld:
                     served_by["withheld"] = "toxicity"
                 elif step.final:
-                    self._sign(task, inputs, step.text, served_by)
+                    self._sign(task, inputs, step.text, served_by, sealed=sealed)
                 yield step.text, served_by, step.final
 
     def _record_guarded(self, task: Task, inputs: dict[str, str], rejection: Rejection,
@@ -215,10 +228,11 @@ class Suite:
         online = self.online.label(info) if self.online is not None else None
         return online or (info.label if info else BASE_LABEL)
 
-    def _sign(self, task: Task, inputs: dict[str, str], text: str, served_by: dict[str, Any]) -> None:
+    def _sign(self, task: Task, inputs: dict[str, str], text: str, served_by: dict[str, Any], *,
+              sealed: bool = False) -> None:
         served_by["ticket"] = sign_ticket(key=self._key, task=task.slug, inputs=inputs, completion=text,
                                           model={key: served_by[key] for key in MODEL_KEYS},
-                                          generation=served_by["generation"], ttl=self.ticket_ttl)
+                                          generation=served_by["generation"], ttl=self.ticket_ttl, sealed=sealed)
 
     def _outputs(self, task: Task, text: str, served_by: dict[str, Any], *, final: bool) -> tuple[Any, ...]:
         if task.slug != "detox":
@@ -242,8 +256,8 @@ class Suite:
         if self.quotas is not None and visitor is not None:
             try:
                 self.quotas.check(action, visitor)
-            except InvalidInput as error:
-                raise refusal(str(error)) from None
+            except InvalidInput as error:  # the only one `check` raises is `QuotaExceeded`
+                raise refusal(str(error), status=429) from None
 
     # Feedback ---------------------------------------------------------------------------------
     def record(self, slug: str, values: list[Any], served_by: Any, visitor: Visitor | None, *, kind: str,
@@ -288,9 +302,10 @@ class Suite:
 
     def _admit_feedback(self, slug: str, values: list[Any], visitor: Visitor | None) -> tuple[Task, dict[str, str]]:
         if self.feedback is None:
-            raise refusal("Feedback is switched off for this app.")
+            raise refusal("Feedback is switched off for this app.", status=403)
         if self.require_login and not (visitor and visitor.username):
-            raise refusal("Sign in with Hugging Face (the button at the top of the page) to send feedback.")
+            raise refusal("Sign in with Hugging Face (the button at the top of the page) to send feedback.",
+                          status=401)
         self._admit("feedback", visitor)
         task = get_task(slug)
         try:
@@ -311,11 +326,11 @@ class Suite:
             ticket = verify_ticket(served_by.get("ticket"), key=self._key, task=task.slug, inputs=inputs,
                                    completion=completion)
         except InvalidTicket as error:
-            raise refusal(str(error)) from None
+            raise refusal(str(error), status=403) from None
         for name, value in {**ticket.model, "generation": ticket.generation}.items():
             if name in served_by and served_by[name] != value:
                 raise refusal(f"{what} was changed after it was served ({name}); send it back exactly as "
-                              f"generate_{task.slug} returned it.")
+                              f"generate_{task.slug} returned it.", status=403)
         return ticket
 
     def _store(self, task: Task, values: list[Any], visitor: Visitor | None, tickets: list[Ticket], *,
@@ -325,7 +340,8 @@ class Suite:
         try:
             for ticket in tickets:
                 if not self._spent.claim(ticket, kind):
-                    raise refusal(f"This output already has your {kind}; generate a new output to send more.")
+                    raise refusal(f"This output already has your {kind}; generate a new output to send more.",
+                                  status=403)
                 claimed.append(ticket)
             record = self.feedback.log(
                 task=task.slug, kind=kind, inputs=dict(zip(task.field_names, values, strict=True)),
@@ -333,7 +349,9 @@ class Suite:
         except (InvalidInput, FlywheelError, gr.Error) as error:
             for ticket in claimed:  # nothing was stored: the person may try again
                 self._spent.release(ticket, kind)
-            raise error if isinstance(error, gr.Error) else refusal(str(error)) from None
+            if isinstance(error, gr.Error):
+                raise
+            raise refusal(str(error), status=400 if isinstance(error, InvalidInput) else 503) from None
         if self.online is not None:
             self.online.observe(record)  # queued: the update runs in the background
         return f"Thanks! Saved your {kind} (record {record['id'][:8]})."
@@ -343,3 +361,9 @@ class Suite:
         if not visitor.username or not getattr(self.feedback, "session_ids", True):
             return None
         return pseudonym(visitor.username, key=self._key)
+
+
+def _blind(served: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """What the arena shows of each side before the vote: its sealed ticket once done, or that it was withheld."""
+    return {side: {key: value for key, value in facts.items() if key in ("ticket", "withheld")}
+            for side, facts in served.items()}

@@ -13,10 +13,12 @@ from gradio_client import Client
 from demos.app import build_app
 from demos.quotas import Access, Limits
 from hub.feedback.callback import FeedbackCallback
+from hub.feedback.tickets import SECRET_ENV
 from serving.engine import BASE_LABEL, Engine
 from serving.models import load_model
 from tests.adapter_factory import make_adapter
 from tests.test_app import example_args, serving
+from tests.test_app_arena import SECRET, opened
 from tests.test_batching import sharp_lm, wait_until  # noqa: F401 - the fixture is used by name
 
 GREEDY = [0, 50, 0.9, 1.0, 24, None]
@@ -39,28 +41,35 @@ def app(sharp_lm: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tu
     engine.load_adapter("tweet", str(make_adapter(sharp_lm, root / "tweet", seed=1)))
     engine.load_adapter("dialogue_summary", str(make_adapter(sharp_lm, root / "summary", seed=2)))
     feedback = FeedbackCallback(folder=tmp_path_factory.mktemp("feedback"))
-    with serving(build_app(engine, feedback=feedback, access=Access(limits=Limits.off()))) as url:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(SECRET_ENV, SECRET)  # the key `opened` reads the arena's sealed tickets with
+        app = build_app(engine, feedback=feedback, access=Access(limits=Limits.off()))
+    with serving(app) as url:
         yield Client(url, verbose=False), engine
     feedback.close(push=False)
 
 
-def shown(endpoint: str, result: tuple) -> tuple[Any, ...]:
-    """What a visitor sees of an answer: its text(s) and who served it (the ticket differs per call)."""
+def shown(endpoint: str, inputs: list[str], result: tuple) -> tuple[Any, ...]:
+    """What a visitor sees of an answer: its text(s) and who served it (the ticket differs per call; the
+    arena's sides are sealed in it until the vote)."""
     if endpoint == "/generate_arena":
         answer_a, answer_b, served = result
-        return answer_a, answer_b, served["A"]["label"], served["B"]["label"]
+        models = opened(served, (answer_a, answer_b), prompt=inputs[0])
+        return answer_a, answer_b, models["A"]["adapter"], models["B"]["adapter"]
     return result[0], result[1]["label"]
 
 
 def test_concurrent_generations_with_their_own_adapters_and_settings_match_one_at_a_time(
         app: tuple[Client, Engine]) -> None:
     client, engine = app
-    alone = [shown(name, client.predict(*inputs, *settings, api_name=name)) for name, inputs, settings in CALLS]
+    alone = [shown(name, inputs, client.predict(*inputs, *settings, api_name=name))
+             for name, inputs, settings in CALLS]
     assert alone[0][1] != BASE_LABEL and alone[4][1] == BASE_LABEL  # an adapter's answer, a base model's
     with engine._generate_lock:  # every call reaches the engine before any of them is decoded
         jobs = [client.submit(*inputs, *settings, api_name=name) for name, inputs, settings in CALLS]
         wait_until(lambda: engine.waiting == len(CALLS))
-    together = [shown(name, job.result(timeout=300)) for (name, _, _), job in zip(CALLS, jobs, strict=True)]
+    together = [shown(name, inputs, job.result(timeout=300))
+                for (name, inputs, _), job in zip(CALLS, jobs, strict=True)]
     assert together == alone
 
 

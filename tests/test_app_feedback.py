@@ -20,6 +20,7 @@ from serving.engine import Engine
 from serving.models import load_model
 from tasks import TASKS
 from tests.test_app import SETTINGS, example_args, serving
+from tests.test_app_arena import opened
 
 SECRET = "a test secret that is long enough"
 KEY = SECRET.encode()
@@ -101,7 +102,8 @@ def test_arena_votes_become_preferences(client: Client, feedback_folder: Path, v
         assert (row["chosen"], row["rejected"]) == (answer_b, answer_a)
     if vote == "A":
         assert (row["chosen"], row["rejected"]) == (answer_a, answer_b)
-    model_of = {side: {key: served[side][key] for key in ("base", "adapter", "revision")} for side in "AB"}
+    models = opened(served, (answer_a, answer_b), prompt=prompt, key=SECRET.encode())
+    model_of = {side: {key: models[side][key] for key in ("base", "adapter", "revision")} for side in "AB"}
     assert row["sides"] == model_of and row["model"] == model_of["B" if vote == "B" else "A"]
     assert (row["schema"], row["source"], row["user"]) == (2, "person", None)
     assert validate_record(row) == row

@@ -16,6 +16,7 @@ from gradio_client import Client
 from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi
 
 from hub.errors import FlywheelError
+from hub.feedback.tickets import secret_key
 from hub.repos import AdapterSpec, HubLimits
 from hub.space import SpaceConfig
 from serving.models import BUNDLED_HUB_ID
@@ -23,6 +24,7 @@ from spaces.app import SpaceApp, create_app
 from spaces.app import main as space_main
 from tests.adapter_factory import adapter_files, make_adapter, pickled
 from tests.test_app import free_port
+from tests.test_app_arena import opened
 
 ROOT = Path(__file__).resolve().parents[1]
 TWEET, ARENA, FEEDBACK = "user/flywheel-tweet-sft", "user/flywheel-arena-dpo", "user/flywheel-feedback"
@@ -115,12 +117,14 @@ def test_arena_compares_base_with_an_adapter_or_two_adapters(launch, adapters, h
     arena_rev = hub_server.seed(ARENA, adapters[1])
     refs = {"tweet": TWEET, "arena": ARENA}
     _, client = launch(adapters=refs, poll_seconds=0)
-    _, _, served = client.predict("Tell me a joke", *GREEDY, api_name="/generate_arena")
-    assert {served[side]["revision"] for side in "AB"} == {None, arena_rev}  # sides drawn per request (blind)
+    answers = client.predict("Tell me a joke", *GREEDY, api_name="/generate_arena")
+    models = opened(answers[2], answers[:2], prompt="Tell me a joke", key=secret_key())
+    assert {models[side]["revision"] for side in "AB"} == {None, arena_rev}  # sides drawn per request (blind)
 
     _, client = launch(adapters=refs, poll_seconds=0, arena=("tweet", "arena"))
     answer_a, answer_b, served = client.predict("Tell me a joke", *GREEDY, api_name="/generate_arena")
-    assert {served[side]["revision"] for side in "AB"} == {tweet_rev, arena_rev}
+    models = opened(served, (answer_a, answer_b), prompt="Tell me a joke", key=secret_key())
+    assert {models[side]["revision"] for side in "AB"} == {tweet_rev, arena_rev}
     assert answer_a != answer_b
 
 

@@ -9,6 +9,9 @@ from what the client says. The key is `FLYWHEEL_SECRET`, or a random key created
 
 A ticket is `<payload>.<signature>`, both base64url: the payload is readable JSON (the
 served-by box shows the same facts), and changing any byte of it breaks the signature.
+A sealed ticket (`sealed=True`, the blind arena's) encrypts its payload with AES-GCM under a key
+derived from the same secret, so nobody can read which model answered before voting; its
+payload starts with `~`.
 
 Example:
     >>> key = b"an example key, at least 16 bytes"
@@ -44,6 +47,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
 from hub.errors import FlywheelError
 from hub.paths import flywheel_home
 from tasks import InvalidInput
@@ -57,6 +63,8 @@ TICKET_TTL = 3600.0
 MAX_TICKET_CHARS = 4096
 """Longer strings are refused before any decoding."""
 _VERSION = 1
+_SEALED = "~"
+"""First character of a sealed payload (never one of base64url's)."""
 
 
 class InvalidTicket(InvalidInput):
@@ -119,12 +127,17 @@ def _create_secret(path: Path) -> None:
 
 def sign_ticket(*, key: bytes, task: str, inputs: Mapping[str, str], completion: str,
                 model: Mapping[str, str | None], generation: Mapping[str, Any], ttl: float = TICKET_TTL,
-                now: float | None = None) -> str:
-    """A ticket for one output; `inputs` as validated by the task (trimmed)."""
+                now: float | None = None, sealed: bool = False) -> str:
+    """A ticket for one output; `inputs` as validated by the task (trimmed).
+
+    `sealed=True` encrypts the payload, so the ticket hides `model` and `generation` from whoever
+    holds it; `verify_ticket` reads both kinds.
+    """
     payload = {"v": _VERSION, "task": task, "inputs": _digest(dict(inputs)), "completion": _digest(completion),
                "model": dict(model), "generation": dict(generation),
                "expires": int((time.time() if now is None else now) + ttl), "nonce": secrets.token_hex(8)}
-    body = _b64(json.dumps(payload, sort_keys=True, separators=(",", ":")).encode("utf-8"))
+    plain = json.dumps(payload, sort_keys=True, separators=(",", ":")).encode("utf-8")
+    body = _SEALED + _b64(_seal(key, plain)) if sealed else _b64(plain)
     return f"{body}.{_b64(_mac(key, body))}"
 
 
@@ -142,10 +155,10 @@ def verify_ticket(ticket: Any, *, key: bytes, task: str, inputs: Mapping[str, st
     if forged or not hmac.compare_digest(_b64(_mac(key, body)).encode(), _utf8(signature)):
         raise InvalidTicket("This output's ticket is not one this server issued (or it was altered).")
     try:
-        payload = json.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
+        payload = json.loads(_open(key, _unb64(body[len(_SEALED):])) if body.startswith(_SEALED) else _unb64(body))
         found = Ticket(task=payload["task"], model=payload["model"], generation=payload["generation"],
                        expires=int(payload["expires"]), nonce=str(payload["nonce"]))
-    except (ValueError, KeyError, TypeError, binascii.Error):  # signed by us, so only an old format
+    except (ValueError, KeyError, TypeError, binascii.Error, InvalidTag):  # signed by us: only an old format
         raise InvalidTicket("This output's ticket has an unknown format; generate again.") from None
     if (time.time() if now is None else now) > found.expires:
         raise InvalidTicket("This output's ticket has expired; generate again to give feedback.")
@@ -216,3 +229,20 @@ def _mac(key: bytes, body: str) -> bytes:
 
 def _b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def _sealing_key(key: bytes) -> AESGCM:
+    return AESGCM(hmac.new(key, b"seal\0", hashlib.sha256).digest())  # not the signing key itself
+
+
+def _seal(key: bytes, plain: bytes) -> bytes:
+    nonce = secrets.token_bytes(12)
+    return nonce + _sealing_key(key).encrypt(nonce, plain, b"ticket")
+
+
+def _open(key: bytes, sealed: bytes) -> bytes:
+    return _sealing_key(key).decrypt(sealed[:12], sealed[12:], b"ticket")
