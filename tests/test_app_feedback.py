@@ -12,6 +12,7 @@ import pytest
 from gradio_client import Client
 
 from demos.app import build_app
+from demos.feedback_client import FeedbackRefused, send_feedback
 from demos.quotas import Access, Limits
 from hub.feedback.callback import FeedbackCallback
 from hub.feedback.records import validate_record
@@ -117,8 +118,11 @@ def tweet(client: Client) -> tuple[str, dict]:
     return text, served
 
 
+RATINGS = {"relevance": 5, "clarity": 4, "originality": 3, "engagement": 2}
+
+
 def rate(client: Client, text: str, served: object) -> str:
-    return client.predict(PROMPT, text, 5, 4, 3, 2, served, api_name="/feedback_tweet")
+    return client.predict(PROMPT, text, *RATINGS.values(), served, api_name="/feedback_tweet")
 
 
 def forged(ticket: str, **model: str) -> str:
@@ -211,7 +215,7 @@ def test_feedback_quotas_refuse_the_call_after_the_limit(tiny_causal_lm: Path, t
         assert len(records(tmp_path, "tweet")) == 2
 
 
-def test_a_login_required_app_refuses_anonymous_feedback_and_hashes_signed_in_names(
+def test_a_login_required_app_refuses_anonymous_feedback_and_hashes_signed_in_names_on_both_paths(
         tiny_causal_lm: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import httpx
 
@@ -228,6 +232,9 @@ def test_a_login_required_app_refuses_anonymous_feedback_and_hashes_signed_in_na
             text, served = tweet(anonymous)
             with pytest.raises(Exception, match="Sign in with Hugging Face"):
                 rate(anonymous, text, served)
+            with pytest.raises(FeedbackRefused, match="Sign in with Hugging Face") as refused:  # the HTTP route
+                send_feedback(url, "tweet", inputs={"prompt": PROMPT}, output=text, served_by=served, ratings=RATINGS)
+            assert refused.value.status == 401
             assert records(tmp_path / "feedback", "tweet") == []
 
             with httpx.Client(base_url=url) as browser:
@@ -236,5 +243,11 @@ def test_a_login_required_app_refuses_anonymous_feedback_and_hashes_signed_in_na
             signed_in = Client(url, verbose=False, headers={"Cookie": cookie})
             text, served = tweet(signed_in)
             assert rate(signed_in, text, served).startswith("Thanks!")
+            text, served = tweet(signed_in)
+            with httpx.Client(headers={"Cookie": cookie}) as browser:
+                assert send_feedback(url, "tweet", inputs={"prompt": PROMPT}, output=text, served_by=served,
+                                     ratings=RATINGS, http=browser).startswith("Thanks!")
+    rows = records(tmp_path / "feedback", "tweet")
+    assert len(rows) == 2 and rows[0]["user"] == rows[1]["user"]
     row = records(tmp_path / "feedback", "tweet")[-1]
     assert row["user"] == pseudonym("ada-lovelace", key=KEY) and "ada-lovelace" not in json.dumps(row)
