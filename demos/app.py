@@ -14,9 +14,9 @@ from typing import Any
 import gradio as gr
 
 from demos.endpoints import field_parameters, name_parameters, setting_parameters
-from demos.feedback import feedback_parameters, feedback_summary, give_feedback
+from demos.feedback import ARENA_VOTES, feedback_parameters, feedback_summary
 from demos.feedback_route import FlywheelBlocks, feedback_route
-from demos.handlers import ARENA_VOTES, ArenaSides, Suite
+from demos.handlers import ArenaSides, Suite
 from demos.quotas import Access, Quotas, Visitor, visitor_from
 from demos.settings import SettingsPanel, build_settings_panel
 from hub.arena import HEADER as LEADERBOARD_HEADER
@@ -133,8 +133,7 @@ class _Tabs:
         names = [parameter.name for parameter in feedback_parameters(task)]
 
         def feedback(request: gr.Request, profile: gr.OAuthProfile | None, *values: Any) -> str:
-            return give_feedback(self.suite, task, dict(zip(names, values, strict=True)),
-                                 self.visitor(request, profile))
+            return self.suite.desk.give(task, dict(zip(names, values, strict=True)), self.visitor(request, profile))
 
         name_parameters(feedback, name=f"feedback_{task.slug}", mcp_tool=False, summary=feedback_summary(task),
                         parameters=feedback_parameters(task))

@@ -5,7 +5,7 @@ than the one row a feedback writes; this route answers in one request and respon
 JSON object keyed by the parameter names of `feedback_<slug>` (`demos.feedback.feedback_parameters`),
 plus an optional `session` (any string of the client's, standing in for a Gradio session: the
 per-person quota key and the record's hashed session), and runs the very code the Gradio event
-runs (`demos.feedback.give_feedback`: ticket, quotas, sizes, sign-in, store). Who is asking comes
+runs (`demos.feedback.FeedbackDesk.give`: ticket, quotas, sizes, sign-in, store). Who is asking comes
 from the connection and `X-Forwarded-For` (with the app's proxy hops) and from the "Sign in with
 Hugging Face" cookie of Gradio's session, as for the Gradio events. The client is
 `demos.feedback_client.send_feedback`.
@@ -34,10 +34,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Route
 
-from demos.feedback import feedback_parameters, give_feedback
+from demos.feedback import feedback_parameters
 from demos.feedback_client import FEEDBACK_PATH, SESSION_KEY
-from demos.handlers import Refusal, Suite
+from demos.handlers import Suite
 from demos.quotas import visitor_from
+from demos.refusals import Refusal
 from tasks import TASKS
 
 logger = logging.getLogger(__name__)
@@ -103,7 +104,7 @@ class _FeedbackEndpoint:
         visitor = replace(visitor_from(request, _username(request), proxy_hops=self.proxy_hops),
                           session=values.pop(SESSION_KEY, None))
         try:
-            message = await anyio.to_thread.run_sync(functools.partial(give_feedback, self.suite, task, values,
+            message = await anyio.to_thread.run_sync(functools.partial(self.suite.desk.give, task, values,
                                                                        visitor), limiter=self.threads)
         except Refusal as refusal:
             return _error(refusal.status, refusal.message)

@@ -1,14 +1,11 @@
-"""What the tabs do when clicked: validate, generate (streaming), record feedback.
+"""What the tabs do when clicked: validate, generate (streaming), and hand feedback to the desk.
 
 Everything a person can get wrong becomes a `gr.Error` with one clear sentence; the server
 keeps serving whatever happens inside generation.
 
-Feedback is bound to what was served: every finished output's served-by carries a signed
-ticket (`hub.feedback.tickets`), and a record is stored only for an output whose ticket is
-valid, unexpired and matches the task, inputs and text sent back. The record's model and
-settings come from the ticket, never from the client; each ticket gives each kind of feedback
-once. Quotas (`demos.quotas`) bound how often one person or one IP address may generate or
-send feedback.
+Every finished output's served-by carries a signed ticket (`hub.feedback.tickets`), so that
+feedback (`demos.feedback.FeedbackDesk`) can only judge real outputs. Quotas (`demos.quotas`)
+bound how often one person or one IP address may generate or send feedback.
 """
 
 from __future__ import annotations
@@ -20,23 +17,14 @@ from contextlib import closing, nullcontext
 from dataclasses import asdict, dataclass
 from typing import Any
 
-import gradio as gr
-
+from demos.feedback import FeedbackDesk
 from demos.quotas import Quotas, Visitor
+from demos.refusals import refusal, user_message
 from demos.settings import settings_from_values
-from hub.arena import leaderboard, load_matches, player_name, table_rows
+from hub.arena import leaderboard, load_matches, table_rows
 from hub.errors import FlywheelError
-from hub.feedback.records import MAX_TEXT_CHARS, MODEL_KEYS
-from hub.feedback.tickets import (
-    TICKET_TTL,
-    InvalidTicket,
-    SpentTickets,
-    Ticket,
-    pseudonym,
-    secret_key,
-    sign_ticket,
-    verify_ticket,
-)
+from hub.feedback.records import MODEL_KEYS
+from hub.feedback.tickets import TICKET_TTL, secret_key, sign_ticket
 from serving.backends import GenerationBackend
 from serving.engine import BASE_LABEL, GenerationSettings
 from serving.guard import Rejection, ToxicityGuard, guarded, negative_example
@@ -45,9 +33,6 @@ from tasks import InvalidInput, Task, get_task
 
 logger = logging.getLogger(__name__)
 
-ARENA_VOTES = ("A", "B", "tie", "both bad")
-_JSON_TYPES = {dict: "an object", list: "an array", str: "a string", bool: "a boolean", int: "a number",
-               float: "a number", type(None): "null"}
 
 
 @dataclass(frozen=True)
@@ -62,25 +47,6 @@ class ArenaSides:
     a: str | None = None
     b: str | None = "arena"
     b_temperature: float = 1.2
-
-
-class Refusal(gr.Error):
-    """A refused request: the sentence a person sees, and the HTTP status the feedback route answers with
-    (400 bad input, 401 not signed in, 403 not vouched for by a ticket, 429 over a quota, 503 store down)."""
-
-    def __init__(self, message: str, *, status: int = 400) -> None:
-        super().__init__(message, print_exception=False)
-        self.status = status
-
-
-def refusal(message: str, *, status: int = 400) -> Refusal:
-    """The error a person sees; no traceback in the server log (refusals are routine, and a flood
-    of forged calls must not flood the log). Failures inside generation are logged separately."""
-    return Refusal(message, status=status)
-
-
-def user_message(error: BaseException) -> str:
-    return str(error) if isinstance(error, (InvalidInput, FlywheelError)) else f"Something went wrong: {error}"
 
 
 class Suite:
@@ -106,11 +72,12 @@ class Suite:
         self.feedback = feedback
         self.arena = arena
         self.quotas = quotas
-        self.require_login = require_login
         self.ticket_ttl = ticket_ttl
         self._key = secret_key() if key is None else key
-        self._spent = SpentTickets()
         self._toxicity = toxicity
+        self.desk = FeedbackDesk(feedback=feedback, key=self._key, require_login=require_login,
+                                 admit=lambda visitor: self._admit("feedback", visitor),
+                                 on_record=online.observe if online is not None else None)
 
     # Generation -------------------------------------------------------------------------------
     def generate(self, slug: str, values: list[Any], *,
@@ -118,12 +85,12 @@ class Suite:
         """Stream (text, served-by[, toxicity]) for a single-output tab; the last served-by has the ticket."""
         task = get_task(slug)
         self._admit("generation", visitor)
-        inputs, settings = self._parse(task, values)
+        as_sent, inputs, settings = self._parse(task, values)
         online = self.online.adapter_key(slug) if self.online is not None else None
         adapter = online or (slug if slug in self.engine.adapters() else None)
         try:
             # closing(): a client that goes away closes this generator, which stops the engine at once.
-            with closing(self._serve(task, inputs, settings, adapter)) as steps:
+            with closing(self._serve(task, inputs, settings, adapter, as_sent=as_sent)) as steps:
                 for text, served_by, final in steps:
                     yield self._outputs(task, text, served_by, final=final)
         except Exception as error:  # noqa: BLE001 - reported to the person, server keeps going
@@ -139,7 +106,7 @@ class Suite:
         """
         task = get_task("arena")
         self._admit("generation", visitor)
-        inputs, settings = self._parse(task, values)
+        as_sent, inputs, settings = self._parse(task, values)
         adapters = self.engine.adapters()
         a_key = self.arena.a if self.arena.a in adapters else None
         b_key = self.arena.b if self.arena.b in adapters else None
@@ -155,7 +122,7 @@ class Suite:
         answers = {"A": "", "B": ""}
         try:
             for side, (key, side_settings) in zip("AB", candidates, strict=True):
-                with closing(self._serve(task, inputs, side_settings, key, sealed=True)) as steps:
+                with closing(self._serve(task, inputs, side_settings, key, as_sent=as_sent, sealed=True)) as steps:
                     for answers[side], served[side], _ in steps:
                         yield answers["A"], answers["B"], _blind(served)
         except Exception as error:  # noqa: BLE001
@@ -163,10 +130,13 @@ class Suite:
             raise refusal(user_message(error)) from None
         yield answers["A"], answers["B"], _blind(served)
 
-    def _serve(self, task: Task, inputs: dict[str, str], settings: GenerationSettings,
-               adapter: str | None, *, sealed: bool = False) -> Iterator[tuple[str, dict[str, Any], bool]]:
+    def _serve(self, task: Task, inputs: dict[str, str], settings: GenerationSettings, adapter: str | None, *,
+               as_sent: dict[str, Any], sealed: bool = False) -> Iterator[tuple[str, dict[str, Any], bool]]:
         """Stream (text, served-by, final) of one answer through the guard; the final served-by has the
-        ticket, unless the guard withheld every attempt (then the text is its message, with no ticket)."""
+        ticket, unless the guard withheld every attempt (then the text is its message, with no ticket).
+
+        The ticket signs the inputs `as_sent` by the client, not as validated: feedback sends them back
+        the same way, and the store validates them once, with the record."""
         attempts: list[dict[str, Any]] = []
 
         def generate(attempt: GenerationSettings) -> Iterator[str]:
@@ -182,7 +152,7 @@ class Suite:
                 if step.withheld:
                     served_by["withheld"] = "toxicity"
                 elif step.final:
-                    self._sign(task, inputs, step.text, served_by, sealed=sealed)
+                    self._sign(task, as_sent, step.text, served_by, sealed=sealed)
                 yield step.text, served_by, step.final
 
     def _record_guarded(self, task: Task, inputs: dict[str, str], rejection: Rejection,
@@ -199,14 +169,16 @@ class Suite:
         if self.online is not None:
             self.online.observe(record)
 
-    def _parse(self, task: Task, values: list[Any]) -> tuple[dict[str, str], GenerationSettings]:
+    def _parse(self, task: Task, values: list[Any]) -> tuple[dict[str, Any], dict[str, str], GenerationSettings]:
+        """(inputs as sent, inputs validated, settings) of a generate call."""
         n = len(task.fields)
+        as_sent = dict(zip(task.field_names, values[:n], strict=True))
         try:
-            inputs = task.validate(dict(zip(task.field_names, values[:n], strict=True)))
+            inputs = task.validate(as_sent)
             settings = settings_from_values(*values[n:n + 6])
         except InvalidInput as error:
             raise refusal(str(error)) from None
-        return inputs, settings
+        return as_sent, inputs, settings
 
     def _pin(self, served_by: dict[str, Any]) -> Any:
         """Make `served_by` name the adapter revision the request actually holds (hot swaps race)."""
@@ -259,39 +231,6 @@ class Suite:
             except InvalidInput as error:  # the only one `check` raises is `QuotaExceeded`
                 raise refusal(str(error), status=429) from None
 
-    # Feedback ---------------------------------------------------------------------------------
-    def record(self, slug: str, values: list[Any], served_by: Any, visitor: Visitor | None, *, kind: str,
-               **fields: Any) -> str:
-        """Store one flag, rating or edit of the output `fields["completion"]`; return the confirmation.
-
-        `served_by` is what `generate_<slug>` returned with that output. The store validates the
-        record once (`hub.feedback.records.build_record`); its message becomes the `gr.Error`.
-        """
-        task, inputs = self._admit_feedback(slug, values, visitor)
-        ticket = self._verify(task, inputs, served_by, fields.get("completion"), what="served-by")
-        return self._store(task, values, visitor, [ticket], kind=kind, model=ticket.model,
-                           generation=ticket.generation, **fields)
-
-    def record_vote(self, values: list[Any], served_by: Any, visitor: Visitor | None, *,
-                    answers: tuple[str, str], choice: str) -> str:
-        """Store one arena vote on `answers` (A, B); `served_by` holds both sides' served-by."""
-        task, inputs = self._admit_feedback("arena", values, visitor)
-        if choice not in ARENA_VOTES:
-            raise refusal(f"Vote must be one of: {', '.join(ARENA_VOTES)}.")
-        if not isinstance(served_by, dict):
-            raise refusal(f"served-by must be the JSON object generate_arena returned, with sides A and B "
-                          f"(got {_JSON_TYPES.get(type(served_by), 'another value')}).")
-        tickets = {side: self._verify(task, inputs, served_by.get(side), answer, what=f"served-by {side}")
-                   for side, answer in zip("AB", answers, strict=True)}
-        a, b = answers
-        chosen, rejected, winner = (b, a, "B") if choice == "B" else (a, b, "A")
-        thanks = self._store(task, values, visitor, list(tickets.values()), kind="preference", chosen=chosen,
-                             rejected=rejected, tie=choice in ("tie", "both bad"), label=choice.replace(" ", "-"),
-                             model=tickets[winner].model, generation=tickets[winner].generation,
-                             sides={side: ticket.model for side, ticket in tickets.items()})
-        revealed = {side: player_name(ticket.model) or "an unknown model" for side, ticket in tickets.items()}
-        return f"{thanks} Answer A came from {revealed['A']}, answer B from {revealed['B']}."
-
     def arena_leaderboard(self) -> list[list[str]]:
         """The arena's Bradley-Terry leaderboard from the votes this app stored (`hub.arena`), as table rows."""
         folder = getattr(self.feedback, "folder", None)
@@ -299,68 +238,6 @@ class Suite:
             return []
         matches, _, _ = load_matches(str(folder))
         return table_rows(leaderboard(matches)) if matches else []
-
-    def _admit_feedback(self, slug: str, values: list[Any], visitor: Visitor | None) -> tuple[Task, dict[str, str]]:
-        if self.feedback is None:
-            raise refusal("Feedback is switched off for this app.", status=403)
-        if self.require_login and not (visitor and visitor.username):
-            raise refusal("Sign in with Hugging Face (the button at the top of the page) to send feedback.",
-                          status=401)
-        self._admit("feedback", visitor)
-        task = get_task(slug)
-        try:
-            # The ticket signs the validated inputs; the store validates them again with the record.
-            return task, task.validate(dict(zip(task.field_names, values, strict=True)))
-        except (InvalidInput, ValueError) as error:
-            raise refusal(str(error)) from None
-
-    def _verify(self, task: Task, inputs: dict[str, str], served_by: Any, completion: Any, *, what: str) -> Ticket:
-        """The ticket in `served_by`, checked against the output text and the inputs sent back."""
-        if not isinstance(served_by, dict):
-            raise refusal(f"{what} must be the JSON object generate_{task.slug} returned with the output "
-                          f"(got {_JSON_TYPES.get(type(served_by), 'another value')}).")
-        if not isinstance(completion, str) or len(completion) > MAX_TEXT_CHARS:  # before hashing it
-            raise refusal(f"The output must be the text generate_{task.slug} returned "
-                          f"(at most {MAX_TEXT_CHARS} characters).")
-        try:
-            ticket = verify_ticket(served_by.get("ticket"), key=self._key, task=task.slug, inputs=inputs,
-                                   completion=completion)
-        except InvalidTicket as error:
-            raise refusal(str(error), status=403) from None
-        for name, value in {**ticket.model, "generation": ticket.generation}.items():
-            if name in served_by and served_by[name] != value:
-                raise refusal(f"{what} was changed after it was served ({name}); send it back exactly as "
-                              f"generate_{task.slug} returned it.", status=403)
-        return ticket
-
-    def _store(self, task: Task, values: list[Any], visitor: Visitor | None, tickets: list[Ticket], *,
-               kind: str, **fields: Any) -> str:
-        visitor = visitor or Visitor()
-        claimed: list[Ticket] = []
-        try:
-            for ticket in tickets:
-                if not self._spent.claim(ticket, kind):
-                    raise refusal(f"This output already has your {kind}; generate a new output to send more.",
-                                  status=403)
-                claimed.append(ticket)
-            record = self.feedback.log(
-                task=task.slug, kind=kind, inputs=dict(zip(task.field_names, values, strict=True)),
-                session=self.feedback.session_id(visitor.session), user=self._user_hash(visitor), **fields)
-        except (InvalidInput, FlywheelError, gr.Error) as error:
-            for ticket in claimed:  # nothing was stored: the person may try again
-                self._spent.release(ticket, kind)
-            if isinstance(error, gr.Error):
-                raise
-            raise refusal(str(error), status=400 if isinstance(error, InvalidInput) else 503) from None
-        if self.online is not None:
-            self.online.observe(record)  # queued: the update runs in the background
-        return f"Thanks! Saved your {kind} (record {record['id'][:8]})."
-
-    def _user_hash(self, visitor: Visitor) -> str | None:
-        """A keyed hash of the signed-in username (None when anonymous or identifiers are off)."""
-        if not visitor.username or not getattr(self.feedback, "session_ids", True):
-            return None
-        return pseudonym(visitor.username, key=self._key)
 
 
 def _blind(served: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:

@@ -136,7 +136,8 @@ def test_bad_and_oversize_requests_get_one_line_and_a_status(app: tuple) -> None
     body = {"prompt": PROMPT, "output": text, **RATINGS, "served_by": served}
     cases = [
         ("tweet", {**body, "output": "x" * (MAX_TEXT_CHARS + 1)}, 400, "longer than 20000 characters"),
-        ("tweet", {**body, "prompt": "y" * 5000}, 400, "too long"),
+        ("tweet", {**body, "prompt": "y" * 5000}, 403, "other inputs"),  # no output was served for these
+        ("tweet", {**body, "prompt": "y" * (MAX_TEXT_CHARS + 1)}, 400, "longer than any generate call accepts"),
         ("tweet", {**body, "relevance": 9}, 400, "whole number from 1 to 5"),
         ("tweet", {**body, "rating": 5}, 400, "Unknown field.* rating; feedback_tweet takes prompt, output"),
         ("tweet", [body], 400, "must be a JSON object"),

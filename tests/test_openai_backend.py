@@ -236,11 +236,11 @@ def test_tickets_quotas_and_feedback_work_the_same_with_the_openai_backend(backe
         assert served["base"] == str(server.model) and served["label"] == BASE_LABEL
         assert served["backend"] == f"openai {server.url}, base model" and served["ticket"]
         ratings = {"relevance": 5, "clarity": 4, "originality": 3, "engagement": 2}
-        confirmation = suite.record("tweet", list(INPUTS.values()), served, visitor, kind="rating",
+        confirmation = suite.desk.record("tweet", list(INPUTS.values()), served, visitor, kind="rating",
                                     completion=text, ratings=ratings, reward=TWEET.reward_from_ratings(ratings))
         assert confirmation.startswith("Thanks!")
         with pytest.raises(gr.Error, match="already has your rating"):
-            suite.record("tweet", list(INPUTS.values()), served, visitor, kind="rating", completion=text,
+            suite.desk.record("tweet", list(INPUTS.values()), served, visitor, kind="rating", completion=text,
                          ratings=ratings, reward=TWEET.reward_from_ratings(ratings))
         with pytest.raises(gr.Error, match=r"Too many generation requests from you"):
             list(suite.generate("tweet", values(settings), visitor=visitor))
