@@ -18,7 +18,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -131,13 +131,11 @@ class GenerationEvaluator:
     reference_adapter: str | None = None
     """The adapter `before` scores (the one training started from); None: the bare base model."""
 
-    @property
-    def main_metric(self) -> str:
-        return self.task.main_metric
+    main_metric: str = field(init=False)
+    higher_is_better: bool = field(init=False)
 
-    @property
-    def higher_is_better(self) -> bool:
-        return self.task.higher_is_better
+    def __post_init__(self) -> None:
+        self.main_metric, self.higher_is_better = self.task.main_metric, self.task.higher_is_better
 
     def before(self) -> EvalReport | None:
         return self.score(adapter=self.reference_adapter) if self.examples else None
