@@ -8,9 +8,12 @@ The suite is launched in-process with `--online tweet` and driven through `gradi
 
 1. A simulated rater (rules on relevance, clarity, originality and engagement, plus Gaussian
    noise) rates tweets generated for training prompts through `generate_tweet`/`feedback_tweet`.
-   The learner's probe judge is that rater's rule without noise, on the tab's own examples.
+   The learner's probe judge is that rater's rule without noise, on the first `--probe-prompts`
+   training prompts (12: with the tab's three examples, one greedy answer flipping decides a
+   rollback). Quotas are off: one client sends every request.
 2. A different judge (keyword coverage, length near 30 words, distinct bigrams) scores answers
-   to held-out prompts before the first rating and after the last update is served.
+   to held-out prompts before the first rating and after the last update is served (4 sampled
+   answers per prompt, the same seeds before and after).
 3. Generate latency (p50/p95 of whole requests) with the learner idle, and during the rating
    loop while it trains; updates per minute of the rating loop.
 4. The guard: held-out toxic prompts on the detox tab, with and without `--guard toxicity`:
@@ -211,7 +214,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--noise", type=float, default=0.7, help="Std of the rater's noise, in stars.")
     parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument("--temperature", type=float, default=0.9)
-    parser.add_argument("--eval-seeds", type=int, default=2, help="Answers per held-out prompt.")
+    parser.add_argument("--eval-seeds", type=int, default=4, help="Answers per held-out prompt.")
+    parser.add_argument("--probe-prompts", type=int, default=12,
+                        help="Training prompts in the learner's probe set (rated ones, never held out).")
     parser.add_argument("--idle-requests", type=int, default=30, help="Requests timed with the learner idle.")
     parser.add_argument("--threshold", type=float, default=0.5, help="The guard's toxicity threshold.")
     parser.add_argument("--scorer", default="auto", help="Toxicity scorer spec (tasks.toxicity).")
@@ -222,6 +227,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.smoke:
         args.ratings, args.every, args.max_new_tokens, args.eval_seeds, args.idle_requests = 12, 4, 8, 1, 4
+        args.probe_prompts = 3
     return args
 
 
@@ -232,6 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from demos.app import build_app
+    from demos.quotas import Access, Limits
     from hub.feedback.callback import FeedbackCallback
     from serving.engine import Engine
     from serving.guard import ToxicityGuard
@@ -253,21 +260,25 @@ def main(argv: list[str] | None = None) -> int:
     engine = Engine(load_model(model))
     tweet = get_task("tweet")
     config = OnlineConfig(learning_rate=args.lr, kl_coef=args.kl, swap_every=args.every)
-    online = OnlineLearning(engine, ["tweet"], config=config, judges={"tweet": rater_judge(tweet)}).start()
+    probes = {"tweet": [{"prompt": prompt} for prompt in TRAIN_PROMPTS[:args.probe_prompts]]}
+    online = OnlineLearning(engine, ["tweet"], config=config, judges={"tweet": rater_judge(tweet)},
+                            probe_inputs=probes).start()
     online.wait_idle(timeout=None)  # the first probe
     feedback = FeedbackCallback(folder=Path(os.environ["FLYWHEEL_HOME"]) / "feedback")
     scorer = make_toxicity_scorer(args.scorer)
+    unlimited = Access(limits=Limits.off())  # one client sends hundreds of requests
     print(f"model {engine.base_id}; {args.ratings} ratings; K={args.every}; lr={args.lr}; kl={args.kl}; "
           f"home {os.environ['FLYWHEEL_HOME']}", flush=True)
     try:
-        with launched(build_app(engine, feedback=feedback, online=online, concurrency_limit=1)) as client:
+        with launched(build_app(engine, feedback=feedback, online=online, concurrency_limit=1,
+                                access=unlimited)) as client:
             before = judge_held_out(client, args, held_out)
             idle = idle_latencies(client, args, TRAIN_PROMPTS, args.idle_requests)
             loop = rating_loop(client, online, args, TRAIN_PROMPTS)
             after = judge_held_out(client, args, held_out)
             unguarded = guard_run(client, args, toxic, scorer)
         guard = ToxicityGuard(scorer, threshold=args.threshold)
-        with launched(build_app(engine, guard=guard, concurrency_limit=1)) as client:
+        with launched(build_app(engine, guard=guard, concurrency_limit=1, access=unlimited)) as client:
             guarded = guard_run(client, args, toxic, scorer)
     finally:
         online.stop()

@@ -58,18 +58,20 @@ class OnlineLearning:
         judges: task -> judge for its probes (a None value: the drift judge); other tasks get
             `serving.judges.default_judge`, detox's scoring with `toxicity` when given.
         root: folder holding each task's online folder (default `FLYWHEEL_HOME/online`).
+        probe_inputs: task -> its probe set (default: the task's examples).
     """
 
     def __init__(self, engine: Engine, tasks: Iterable[str], *, config: OnlineConfig = OnlineConfig(),
                  judges: Mapping[str, Judge | None] | None = None, toxicity: ToxicityScorer | None = None,
-                 root: Path | None = None) -> None:
+                 root: Path | None = None, probe_inputs: Mapping[str, Iterable[dict[str, str]]] | None = None,
+                 ) -> None:
         self.engine = engine
         self.activity = Activity()
         judges = dict(judges or {})
         self.learners = {
             slug: OnlineLearner(engine, slug, config=config, activity=self.activity,
                                 judge=judges[slug] if slug in judges else default_judge(slug, toxicity=toxicity),
-                                home=online_home(slug, root=root))
+                                home=online_home(slug, root=root), probe_inputs=(probe_inputs or {}).get(slug))
             for slug in parse_online_tasks(list(tasks))}
 
     def start(self) -> OnlineLearning:
