@@ -22,9 +22,11 @@ install: $(STAMP)
 demo: install
 	$(BIN)/python -m demos
 
+# Two pytest workers, each taking whole test files (module fixtures are built once): the tests run
+# torch on one thread (tests/conftest.py) or wait on subprocesses, so the second core is otherwise idle.
 test: install
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2 --dist loadfile
 
 lint: install
 	$(BIN)/ruff check .

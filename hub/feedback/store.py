@@ -99,7 +99,8 @@ class FeedbackStore:
         self._files: dict[str, int] = {}
         # Group commit: rows are numbered as they are written; one fsync makes every row written
         # before it durable, so concurrent writers share it instead of queueing for one each.
-        self._sync_lock = threading.Lock()
+        self._sync_done = threading.Condition(threading.Lock())
+        self._syncing = False
         self._written = 0
         self._synced = 0
         self._dirty: set[int] = set()
@@ -158,26 +159,41 @@ class FeedbackStore:
 
     def _wait_until_durable(self, number: int) -> None:
         """Return once row `number` is fsynced; raise `FlywheelError` if the fsync that covered it failed."""
-        with self._sync_lock:
-            if self._synced < number:
-                with self._lock:  # dup: a new day or a rotation may close the writer's fd meanwhile
-                    first, last = self._synced + 1, self._written
-                    dirty = [os.dup(fd) for fd in self._dirty]
-                    self._dirty.clear()
+        with self._sync_done:
+            while self._synced < number:
+                if self._syncing:  # wait on it, not queued behind it: a row it covers returns when it ends
+                    self._sync_done.wait()
+                    continue
+                self._syncing = True
+                self._sync_done.release()  # others append and wait meanwhile: the next fsync takes them all
+                last = self._synced
                 try:
-                    for fd in dirty:
-                        os.fsync(fd)
-                except OSError as error:
-                    self._failed_batches = [*self._failed_batches[-63:], (first, last, str(error))]
-                    with self._lock:
-                        self._rotate()
+                    last = self._sync_batch()
                 finally:
-                    for fd in dirty:
-                        os.close(fd)
-                self._synced = last
+                    self._sync_done.acquire()
+                    self._synced, self._syncing = last, False
+                    self._sync_done.notify_all()
             failure = next((error for first, last, error in self._failed_batches if first <= number <= last), None)
         if failure is not None:
             raise FlywheelError(f"Feedback could not be saved in {self.folder}: {failure}")
+
+    def _sync_batch(self) -> int:
+        """Fsync every row written so far in one go; return the number of the last row it covered."""
+        with self._lock:  # dup: a new day or a rotation may close the writer's fd meanwhile
+            first, last = self._synced + 1, self._written
+            dirty = [os.dup(fd) for fd in self._dirty]
+            self._dirty.clear()
+        try:
+            for fd in dirty:
+                os.fsync(fd)
+        except OSError as error:
+            self._failed_batches = [*self._failed_batches[-63:], (first, last, str(error))]
+            with self._lock:
+                self._rotate()
+        finally:
+            for fd in dirty:
+                os.close(fd)
+        return last
 
     def session_id(self, raw: str | None) -> str | None:
         """A salted sha256 of a Gradio session hash (the salt lives as long as this object).
