@@ -197,7 +197,9 @@ class HubSync:
         self._closing = threading.Event()
         self._wake = threading.Event()
         self._attempted = threading.Condition()
-        self._attempts = 0
+        self._started = 0  # connection attempts begun, and finished; each attempt has its number
+        self._finished = 0
+        self._wanted = 0  # the attempt some caller waits for: one begun after it asked
         self._lock = threading.Lock()
         self.scheduler: FeedbackScheduler | None = None
         self.last_error: str | None = None
@@ -217,6 +219,8 @@ class HubSync:
     def _connect(self) -> None:
         delay = 1.0
         while not self._stop.is_set():
+            with self._attempted:
+                self._started += 1
             try:
                 scheduler = FeedbackScheduler(**self._kwargs)
             except Exception as error:  # noqa: BLE001 - keep the app running whatever the Hub says
@@ -226,9 +230,11 @@ class HubSync:
                                    "uploaded when it answers.", self.repo_id, message, self.folder)
                 self.last_error = message
                 self.state.record_error(message)
-                self._attempt_finished()
-                if self._closing.is_set():
+                if self._attempt_finished() and self._closing.is_set():
                     return  # that was the last attempt `close()` asked for
+                if self._wanted > self._finished:
+                    self._wake.clear()
+                    continue  # asked for during this attempt: the next one at once
                 self._wake.wait(delay)  # `push()` and `close()` cut the wait short
                 self._wake.clear()
                 delay = min(delay * 2, max(self.every * 60, 0.05))
@@ -244,18 +250,23 @@ class HubSync:
             self._attempt_finished()
             return
 
-    def _attempt_finished(self) -> None:
+    def _attempt_finished(self) -> bool:
+        """Count the attempt as done and wake its waiters; True if it was the one they asked for."""
         with self._attempted:
-            self._attempts += 1
+            self._finished = self._started
             self._attempted.notify_all()
+            return self._finished >= self._wanted
 
     def _connect_now(self, timeout: float | None) -> FeedbackScheduler | None:
         """The scheduler, after one more connection attempt (at once, not after the backoff) if needed."""
         with self._attempted:
             if self.scheduler is None and self._thread.is_alive():
-                seen = self._attempts
+                # Not one already under way: the Hub may have come back since it began.
+                self._wanted = max(self._wanted, self._started + 1)
+                wanted = self._wanted
                 self._wake.set()
-                self._attempted.wait_for(lambda: self._attempts > seen or not self._thread.is_alive(), timeout)
+                self._attempted.wait_for(lambda: self._finished >= wanted or self.scheduler is not None
+                                         or not self._thread.is_alive(), timeout)
         return self.scheduler
 
     def push(self, *, timeout: float | None = None) -> bool:
