@@ -31,12 +31,16 @@ class DPOArgs(PreferenceArgs):
 def main(config: DPOArgs) -> Outcome | None:
     from trl import DPOConfig, DPOTrainer
 
+    from trainers.lm_head import compact_lm_head
+
     task = get_task(require_task(config))
     policy = prepare_policy(config, method="dpo", task=task, curve_keys=CURVES)
     evaluate_before(policy.training)
     args = DPOConfig(**trl_args(config, policy.training.out, max_length=config.max_length, beta=config.beta,
                                 loss_type=[config.loss_type], label_smoothing=config.label_smoothing))
-    return train_and_finish(policy.training, DPOTrainer(args=args, **policy.trainer_inputs()))
+    trainer = DPOTrainer(args=args, **policy.trainer_inputs())
+    compact_lm_head(trainer.model)  # labelled positions only through the vocabulary, on CPU
+    return train_and_finish(policy.training, trainer)
 
 
 if __name__ == "__main__":

@@ -32,6 +32,8 @@ class KTOArgs(PreferenceArgs):
 def main(config: KTOArgs) -> Outcome | None:
     from trl import KTOConfig, KTOTrainer
 
+    from trainers.lm_head import compact_lm_head
+
     task = get_task(require_task(config))
     if config.per_device_train_batch_size < 2:
         raise InvalidInput("KTO needs --per-device-train-batch-size of at least 2: it estimates its KL term "
@@ -42,7 +44,9 @@ def main(config: KTOArgs) -> Outcome | None:
     args = KTOConfig(**trl_args(config, policy.training.out, max_length=config.max_length, beta=config.beta,
                                 desirable_weight=desirable_weight,
                                 undesirable_weight=config.undesirable_weight))
-    return train_and_finish(policy.training, KTOTrainer(args=args, **policy.trainer_inputs()))
+    trainer = KTOTrainer(args=args, **policy.trainer_inputs())
+    compact_lm_head(trainer.model)  # labelled positions only through the vocabulary, on CPU
+    return train_and_finish(policy.training, trainer)
 
 
 def balanced_weight(config: KTOArgs, labels: list[bool], *, task: str) -> float:

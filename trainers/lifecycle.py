@@ -30,6 +30,7 @@ from serving.models import LoadedModel, load_model
 from tasks import Task
 from trainers.common import PolicyArgs, TrainerArgs, is_main_process, lora_config, output_dir
 from trainers.eval_report import EvalReport, compare_table, is_measured
+from trainers.resources import card_section, meter
 from trainers.training_data import TrainingData, build_from_config, fit_length
 
 logger = logging.getLogger("flywheel.trainers")
@@ -195,11 +196,17 @@ def evaluation_reward(config: PolicyArgs) -> Any | None:
 
 
 def evaluate_before(training: TrainingRun) -> EvalReport | None:
-    """Score the reference (rank 0 only), print it and keep it in `training.before`."""
+    """Score the reference (rank 0 only), print it and keep it in `training.before`.
+
+    Everything up to here counts as `loading` in the run's resources; everything after, until
+    `finish`, as `training`.
+    """
+    meter().enter("evaluation")
     if is_main_process():
         training.before = training.evaluator.before()
         if training.before is not None:
             print(training.before.table(), flush=True)
+    meter().enter("training")
     return training.before
 
 
@@ -222,6 +229,7 @@ def finish(training: TrainingRun, *, model: Any, log_history: list[dict[str, Any
         FlywheelError: `--push` refused (not better than the reference, or the main metric could
             not be measured) without `--force`, or the push itself failed.
     """
+    meter().enter("saving")
     if not is_main_process():
         return None
     config, out, evaluator = training.config, training.out, training.evaluator
@@ -230,7 +238,9 @@ def finish(training: TrainingRun, *, model: Any, log_history: list[dict[str, Any
     model.save_pretrained(str(out), safe_serialization=True)
     plot = save_metrics(log_history, out, keys=training.curve_keys)
     before = training.before
+    meter().enter("evaluation")
     after = evaluator.after(model, out) if before is not None else None
+    meter().enter("saving")
     table = None
     if before is not None and after is not None:
         print(after.table(), flush=True)
@@ -247,7 +257,8 @@ def finish(training: TrainingRun, *, model: Any, log_history: list[dict[str, Any
                        datasets=training.sources, recipe=recipe_of(config), evaluation_table=table,
                        metrics_before=before.metrics if before else None,
                        metrics_after=after.metrics if after else None, main_metric=evaluator.main_metric,
-                       plot=plot.name, notes=notes, pipeline_tag=training.pipeline_tag)
+                       plot=plot.name, notes=notes, pipeline_tag=training.pipeline_tag,
+                       sections={"Training cost": card_section(save_resources(out))})
     write_card(out, card)
     outcome = Outcome(adapter_dir=out, before=before, after=after, better=better, verdict=verdict, plot=plot,
                       card=card)
@@ -317,6 +328,17 @@ def save_metrics(log_history: list[dict[str, Any]], out: Path, *, keys: tuple[st
     figure.savefig(path, dpi=110)
     plt.close(figure)
     return path
+
+
+def save_resources(out: Path) -> dict[str, Any]:
+    """Write the run's peak memory, time per phase and hardware (`trainers.resources`) to `resources.json`.
+
+    The meter then starts over, so a process that trains again (`trainers/loop.py`) reports each run.
+    """
+    summary = meter().summary()
+    meter().restart()
+    (out / "resources.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    return summary
 
 
 def report_rank(trainer: Any, method: str) -> None:
