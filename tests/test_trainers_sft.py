@@ -19,6 +19,7 @@ from tests.trainer_utils import (
 from trainers import sft
 from trainers.eval_report import EvalReport
 from trainers.evaluation import GenerationEvaluator
+from trainers.resources import card_section
 
 PUBLISHED = {"README.md", "adapter_config.json", "adapter_model.safetensors", "training_curves.png"}
 
@@ -51,6 +52,13 @@ def test_sft_on_local_feedback_and_seed_data_publishes_adapter_with_card(
     assert sources["seed"]["rows"] > 0
     assert "| **rougeL** ↑ |" in readme and "![training curves](training_curves.png)" in readme
     assert "max_steps: 2" in readme  # the recipe
+    resources = json.loads((adapter / "resources.json").read_text())  # what a rerun costs, on every card
+    assert {"loading", "evaluation", "training", "saving"} <= set(resources["phases"])
+    assert resources["peak_rss_mb"] > 0 and resources["peak_phase"] in resources["phases"]
+    assert "## Training cost" in readme
+    assert card_section(resources).splitlines()[0] in readme  # peak, its phase, training time, hardware
+    assert f"{resources['hardware']['cpu_count']} CPU cores" in readme and "float32" in readme
+    assert "| training |" in readme
 
 
 def test_sft_refuses_to_push_an_adapter_worse_than_the_base_model(
