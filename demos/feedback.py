@@ -122,7 +122,7 @@ class FeedbackDesk:
         """
         task, as_sent = self._admit_feedback(slug, values, visitor)
         ticket = self._verify(task, as_sent, served_by, fields.get("completion"), what="served-by")
-        return self._store(task, values, visitor, [ticket], kind=kind, model=ticket.model,
+        return self._store(task, as_sent, visitor, [ticket], kind=kind, model=ticket.model,
                            generation=ticket.generation, **fields)
 
     def record_vote(self, values: list[Any], served_by: Any, visitor: Visitor | None, *,
@@ -138,7 +138,7 @@ class FeedbackDesk:
                    for side, answer in zip("AB", answers, strict=True)}
         a, b = answers
         chosen, rejected, winner = (b, a, "B") if choice == "B" else (a, b, "A")
-        thanks = self._store(task, values, visitor, list(tickets.values()), kind="preference", chosen=chosen,
+        thanks = self._store(task, as_sent, visitor, list(tickets.values()), kind="preference", chosen=chosen,
                              rejected=rejected, tie=choice in ("tie", "both bad"), label=choice.replace(" ", "-"),
                              model=tickets[winner].model, generation=tickets[winner].generation,
                              sides={side: ticket.model for side, ticket in tickets.items()})
@@ -179,7 +179,7 @@ class FeedbackDesk:
                               f"generate_{task.slug} returned it.", status=403)
         return ticket
 
-    def _store(self, task: Task, values: list[Any], visitor: Visitor | None, tickets: list[Ticket], *,
+    def _store(self, task: Task, inputs: dict[str, Any], visitor: Visitor | None, tickets: list[Ticket], *,
                kind: str, **fields: Any) -> str:
         visitor = visitor or Visitor()
         claimed: list[Ticket] = []
@@ -190,7 +190,7 @@ class FeedbackDesk:
                                   status=403)
                 claimed.append(ticket)
             record = self.feedback.log(  # the one validation of the record, inputs included
-                task=task.slug, kind=kind, inputs=dict(zip(task.field_names, values, strict=True)),
+                task=task.slug, kind=kind, inputs=inputs,
                 session=self.feedback.session_id(visitor.session), user=self._user_hash(visitor), **fields)
         except (InvalidInput, FlywheelError, gr.Error) as error:
             for ticket in claimed:  # nothing was stored: the person may try again
