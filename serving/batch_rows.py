@@ -3,7 +3,8 @@
 A row is one request being decoded: its tokens so far, the logits processors `generate` would
 apply for its settings, its own sampler and its stop rule. Rows decoded together share one
 left-padded `DynamicCache`; `mask` marks which cache positions are real for each row, and each
-row feeds its own position ids, so a row's attention sees exactly what it would see alone.
+row feeds its own position ids, so a row's attention sees exactly what it would see alone. Rows
+that arrive together are prefilled together (`prefill`): one forward over their left-padded prompts.
 """
 
 from __future__ import annotations
@@ -79,21 +80,6 @@ class Row:
             else:
                 self.sampler.manual_seed(request.seed)
 
-    @classmethod
-    def prefill(cls, model: Any, request: Request) -> tuple[Row, Any]:
-        """Run the prompt alone; return the row (holding its first token) and its KV cache."""
-        import torch
-        from transformers import DynamicCache
-
-        row = cls(model, request)
-        cache = DynamicCache()
-        inputs = {"input_ids": row.ids, "position_ids": torch.arange(row.position).unsqueeze(0), "cache": cache}
-        base = model.get_base_model() if hasattr(model, "get_base_model") else model
-        if base._supports_logits_to_keep():
-            inputs["logits_to_keep"] = 1
-        row.take(forward(model, inputs, [row.adapter], row.group))
-        return row, cache
-
     @property
     def done(self) -> bool:
         return self.request.cancelled or self.generated >= self.max_new_tokens or (
@@ -113,6 +99,30 @@ class Row:
         self.request.emit(token)
 
 
+def prefill(model: Any, rows: list[Row]) -> tuple[Any, Any, Any]:
+    """One forward over the prompts of `rows` (all of one mixing group), left-padded to the longest.
+
+    Returns each row's logits for its first token (row i: `logits[i:i + 1]`, for `Row.take`), and the
+    rows' KV cache and mask (zeros on the padding), as `RowBatch.join` takes them. Each row numbers its
+    positions from its first real token, as `generate` does, and the mask hides the padding from its
+    attention, so it sees exactly what it would see alone.
+    """
+    import torch
+    from transformers import DynamicCache
+
+    length = max(row.position for row in rows)
+    mask = torch.cat([_pad_left(torch.ones_like(row.ids), length) for row in rows])
+    cache = DynamicCache()
+    inputs = {"input_ids": torch.cat([_pad_left(row.ids, length) for row in rows]),
+              "position_ids": (mask.cumsum(-1) - 1).clamp(min=0),
+              # Without padding, no mask: the attention path `generate` takes for one request.
+              "attention_mask": None if bool(mask.all()) else mask, "cache": cache}
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if base._supports_logits_to_keep():
+        inputs["logits_to_keep"] = 1
+    return forward(model, inputs, [row.adapter for row in rows], rows[0].group), cache, mask
+
+
 class RowBatch:
     """Rows decoded together, and their left-padded KV cache."""
 
@@ -125,22 +135,22 @@ class RowBatch:
         self.cache: Any = None
         self.mask: Any = None
 
-    def join(self, row: Row, cache: Any) -> None:
-        """Add a prefilled row: the shorter of its cache and the batch's is padded on the left."""
+    def join(self, rows: list[Row], *, cache: Any, mask: Any) -> None:
+        """Add prefilled rows with their left-padded cache and its mask (one mask row per row, zeros
+        on the padding): the shorter of their cache and the batch's is padded on the left."""
         import torch
 
-        new_mask = torch.ones(1, cache.get_seq_length(), dtype=torch.long)
         if not self.rows:
-            self.rows, self.cache, self.mask = [row], cache, new_mask
+            self.rows, self.cache, self.mask = list(rows), cache, mask
             return
-        length = max(self.mask.shape[1], new_mask.shape[1])
+        length = max(self.mask.shape[1], mask.shape[1])
         self.cache = _cache_of([
             (torch.cat([_pad_left(old_k, length), _pad_left(new_k, length)]),
              torch.cat([_pad_left(old_v, length), _pad_left(new_v, length)]))
             for (old_k, old_v), (new_k, new_v) in zip(_layers(self.cache), _layers(cache), strict=True)
         ])
-        self.mask = torch.cat([_pad_left(self.mask, length), _pad_left(new_mask, length)])
-        self.rows.append(row)
+        self.mask = torch.cat([_pad_left(self.mask, length), _pad_left(mask, length)])
+        self.rows = [*self.rows, *rows]
 
     def step(self, model: Any) -> None:
         """Decode one token for every row."""

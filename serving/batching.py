@@ -1,9 +1,10 @@
 """Continuous batching: concurrent requests decoded together, each with its own settings and adapter.
 
 One background thread owns the model while there is work. Each turn it prefills the requests
-that arrived (alone, so a prompt costs what it costs in `generate`), adds them to the running
-batch, and decodes one token for every row at once; a row leaves as soon as it stops (end of
-sequence, `max_new_tokens`, or its consumer went away) and the next request takes its place.
+that arrived together (one forward over their left-padded prompts; if that fails, one at a time,
+so only a bad request fails), adds them to the running batch, and decodes one token for every
+row at once; a row leaves as soon as it stops (end of sequence, `max_new_tokens`, or its
+consumer went away) and the next request takes its place.
 
 Why not transformers' own continuous batching (`generate_batch`, `init_continuous_batching`):
 it decides greedy vs sampling once per manager, samples from the global RNG (no per-request
@@ -28,7 +29,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from serving.batch_rows import Row, RowBatch
+from serving.batch_rows import Row, RowBatch, prefill
 
 logger = logging.getLogger(__name__)
 
@@ -194,30 +195,34 @@ class Batcher:
                 joining = self._take_waiting(1 if alone else self.max_batch - rows, rows > 0)
                 if joining is None:
                     return
-                for request in joining:
-                    if alone:
+                if alone:
+                    for request in joining:
                         _run_alone(model, request)
-                    else:
-                        self._join(model, batches, request)
+                else:
+                    self._join(model, batches, joining)
                 for batch in batches.values():
                     if batch.rows:
                         self._step(model, batch)
 
     @staticmethod
-    def _join(model: Any, batches: dict[str | None, RowBatch], request: Request) -> None:
-        if request.cancelled:
-            request.finish()
-            return
-        try:
-            row, cache = Row.prefill(model, request)
-        except Exception as error:  # noqa: BLE001 - this request fails, the batch goes on
-            logger.exception("Prefill failed")
-            request.finish(error)
-            return
-        if row.done:
-            request.finish()
-        else:
-            batches.setdefault(row.group, RowBatch(row.group)).join(row, cache)
+    def _join(model: Any, batches: dict[str | None, RowBatch], requests: list[Request]) -> None:
+        """Prefill the requests arriving in this turn, one forward per mixing group, into their batch."""
+        groups: dict[str | None, list[Row]] = {}
+        for request in requests:
+            if request.cancelled:
+                request.finish()
+                continue
+            try:
+                row = Row(model, request)
+            except Exception as error:  # noqa: BLE001 - this request fails, the batch goes on
+                logger.exception("Prefill failed")
+                request.finish(error)
+                continue
+            groups.setdefault(row.group, []).append(row)
+        for group, rows in groups.items():
+            for new in _prefilled(model, rows):
+                if new.rows:
+                    batches.setdefault(group, RowBatch(group)).join(new.rows, cache=new.cache, mask=new.mask)
 
     @staticmethod
     def _step(model: Any, batch: RowBatch) -> None:
@@ -234,6 +239,37 @@ class Batcher:
             batch.clear()
         for row in leaving:  # only now: the row holds nothing in the batch any more
             row.request.finish()
+
+
+def _prefilled(model: Any, rows: list[Row]) -> list[RowBatch]:
+    """`rows` (one mixing group) prefilled in one forward; if that forward fails, each row alone,
+    so that only a bad request fails. A row that failed or is done after its first token is finished."""
+    try:
+        return [_prefill_together(model, rows)]
+    except Exception as error:  # noqa: BLE001 - retried one row at a time: only a bad request fails
+        logger.exception("Prefill failed")
+        if len(rows) == 1:
+            rows[0].request.finish(error)
+            return []
+    return [new for row in rows for new in _prefilled(model, [row])]
+
+
+def _prefill_together(model: Any, rows: list[Row]) -> RowBatch:
+    """One forward over the rows' prompts (raises if it fails); each row takes its first token from its
+    own logits. Returns the batch of the rows that go on; the others are finished."""
+    logits, cache, mask = prefill(model, rows)
+    new = RowBatch(rows[0].group)
+    new.join(rows, cache=cache, mask=mask)
+    failed: dict[Row, BaseException] = {}
+    for index, row in enumerate(rows):
+        try:  # no row has taken a token before the forward succeeded: a retry alone emits nothing twice
+            row.take(logits[index:index + 1])
+        except Exception as error:  # noqa: BLE001 - this request fails, the others go on
+            logger.exception("Prefill failed")
+            failed[row] = error
+    for row in new.keep([i for i, row in enumerate(rows) if row not in failed and not row.done]):
+        row.request.finish(failed.get(row))
+    return new
 
 
 def _run_alone(model: Any, request: Request) -> None:

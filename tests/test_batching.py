@@ -154,6 +154,18 @@ def run_together(engine: Engine, cases: list[tuple]) -> list[str]:
 
 
 @contextmanager
+def forward_shapes(model: Any) -> Iterator[list[tuple[int, int]]]:
+    """The (rows, positions) of `input_ids` in each forward pass of the model while the block runs."""
+    shapes: list[tuple[int, int]] = []
+    handle = model.register_forward_pre_hook(
+        lambda module, args, kwargs: shapes.append(tuple(kwargs["input_ids"].shape)), with_kwargs=True)
+    try:
+        yield shapes
+    finally:
+        handle.remove()
+
+
+@contextmanager
 def batch_sizes(engine: Engine) -> Iterator[list[int]]:
     """The number of rows in each forward pass of the model while the block runs."""
     sizes: list[int] = []
@@ -177,6 +189,16 @@ def test_concurrent_requests_with_their_own_adapters_and_settings_match_one_at_a
         together = run_together(engine, CASES)
     assert max(sizes) == len(CASES) - DORA_CASES and DORA_CASES in sizes  # decoded as two batches
     assert together == alone
+
+
+def test_requests_joining_in_one_turn_are_prefilled_in_one_forward_per_batch(
+        engine: Engine, alone: list[str]) -> None:
+    greedy = [i for i, case in enumerate(CASES) if case[3].temperature == 0]
+    with forward_shapes(engine.model) as shapes:
+        together = run_together(engine, [CASES[i] for i in greedy])
+    prefills = sorted(rows for rows, positions in shapes if positions > 1)  # a decode step feeds one position
+    assert prefills == [DORA_CASES, len(greedy) - DORA_CASES]  # one forward for the mixed adapters, one for DoRA
+    assert together == [alone[i] for i in greedy]
 
 
 def test_rows_join_a_running_batch_and_leave_it_at_their_own_length(engine: Engine, alone: list[str]) -> None:
@@ -258,6 +280,28 @@ def test_a_failing_request_fails_alone(engine: Engine, alone: list[str]) -> None
     ids = [token for chunk in good.tokens() for token in chunk]
     assert engine.tokenizer.decode(ids, skip_special_tokens=True) == alone[1]
     assert good.finished.is_set() and bad.finished.is_set()
+
+
+def test_a_failing_request_prefilled_with_others_fails_alone(engine: Engine, alone: list[str]) -> None:
+    lock = ModelLock()
+    batcher = Batcher(lambda: engine.model, lock=lock)
+    requests = []
+    with forward_shapes(engine.model) as shapes:
+        with lock:  # all three join the batch in the same turn
+            for case, adapter in [(CASES[1], engine.adapters()["tweet"].peft_name), (CASES[1], "no-such-adapter"),
+                                  (CASES[0], None)]:
+                encoded = engine.encode(TASKS[case[1]], case[2])
+                kwargs = {**case[3].generate_kwargs(), "pad_token_id": engine.tokenizer.pad_token_id}
+                requests.append(batcher.submit(Request(encoded, kwargs, adapter=adapter, seed=None)))
+            wait_until(lambda: batcher.waiting == len(requests))
+        good, bad, base = requests
+        with pytest.raises(ValueError, match="no-such-adapter"):
+            list(bad.tokens())
+        answers = [engine.tokenizer.decode([t for chunk in r.tokens() for t in chunk], skip_special_tokens=True)
+                   for r in (good, base)]
+    assert answers == [alone[1], alone[0]]
+    # The forward of all three failed; each was then prefilled alone.
+    assert [rows for rows, positions in shapes if positions > 1] == [3, 1, 1, 1]
 
 
 def test_a_failing_step_fails_its_rows_and_the_next_requests_are_served(engine: Engine, alone: list[str]) -> None:
