@@ -126,6 +126,41 @@ def test_forward_pass_reproduces_the_logits_generate_sampled_from(learnable_lm: 
     assert values.shape == (2, 5)
 
 
+def test_checkpointed_layers_give_the_same_gradients_and_keep_fewer_activations(learnable_lm: Path) -> None:
+    """`--activation-checkpointing` (PPO's default) recomputes layers in backward: same loss and gradients."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    def one_backward(checkpointed: bool) -> tuple[float, list[torch.Tensor], int]:
+        torch.manual_seed(0)
+        config = LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False)
+        model = ppo.PolicyWithValue(get_peft_model(AutoModelForCausalLM.from_pretrained(learnable_lm), config))
+        model.eval()
+        if checkpointed:
+            assert model.checkpoint_layers()
+        ids = torch.randint(3, 60, (2, 12))
+        saved = 0
+
+        def count(tensor: torch.Tensor) -> torch.Tensor:
+            nonlocal saved
+            saved += tensor.numel()
+            return tensor
+
+        with torch.autograd.graph.saved_tensors_hooks(count, lambda tensor: tensor):
+            logits, values = model(ids, torch.ones_like(ids), 5)
+            loss = logits.logsumexp(-1).mean() + values.square().mean()
+        loss.backward()
+        grads = [p.grad.clone() for p in model.parameters() if p.requires_grad]
+        assert not any(module.training for module in model.modules() if isinstance(module, torch.nn.Dropout))
+        return loss.item(), grads, saved
+
+    plain, checkpointed = one_backward(False), one_backward(True)
+    assert plain[0] == pytest.approx(checkpointed[0], abs=1e-6)
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(plain[1], checkpointed[1], strict=True))
+    assert checkpointed[2] < plain[2] / 2
+
+
 def test_reward_rises_and_the_kl_controller_follows_its_target(learnable_lm: Path, tmp_path: Path,
                                                                capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "out"

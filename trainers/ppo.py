@@ -4,9 +4,8 @@
     python trainers/ppo.py --config recipes/detox-ppo.yaml
     torchrun --nproc_per_node 2 trainers/ppo.py --task detox --reward toxicity   # 2 CPU processes (gloo)
     accelerate launch --config_file recipes/accelerate/deepspeed_zero2.yaml trainers/ppo.py ...   # GPUs
-    (on CPUs use torchrun: `accelerate launch --cpu --num_processes 2` starts a single process)
-
-TRL's GRPO and RLOO, with the same `--reward` specs, are in `trainers/grpo.py`.
+(on CPUs use torchrun: `accelerate launch --cpu --num_processes 2` starts one process). TRL's GRPO
+and RLOO, with the same `--reward` specs, are in `trainers/grpo.py`.
 
 One copy of the base model is in memory: the policy is the base plus a LoRA adapter, the value
 function is a linear head on the same backbone's last hidden state, and the reference policy is
@@ -26,7 +25,6 @@ The file follows that order: the options, the arithmetic of steps 3-6 as pure fu
 Dropout stays off throughout so the ratio compares the same network before and after updates.
 """
 
-import logging
 import math
 import time
 from dataclasses import dataclass, field
@@ -46,8 +44,6 @@ from trainers.reward_functions import CombinedReward
 from trainers.rl_data import PromptBatcher, policy_prompt
 from trainers.rl_utils import RLArgs, entropy_of, logprobs_of, masked_mean, masked_var, task_and_reward
 from trainers.training_data import load_prompt_data
-
-logger = logging.getLogger("flywheel.ppo")
 
 CURVES = ("reward", "kl", "kl_coef", "entropy", "value_loss", "clipfrac")
 """Logged values plotted into training_curves.png."""
@@ -75,6 +71,9 @@ class PPOArgs(RLArgs):
     cliprange: float = field(default=0.2, metadata={"help": "Clip range of the policy ratio."})
     cliprange_value: float = field(default=0.2, metadata={"help": "Clip range of the value update."})
     vf_coef: float = field(default=0.1, metadata={"help": "Weight of the value loss."})
+    activation_checkpointing: bool = field(default=True, metadata={
+        "help": "Recompute decoder-layer activations in the backward pass instead of keeping them: less "
+                "memory for one more forward per minibatch."})
     ent_coef: float = field(default=0.0, metadata={
         "help": "Weight of the entropy bonus (0: off; the KL penalty already keeps the policy near the "
                 "base, and under Adam even 0.001 drives a small LM toward noise when advantages are small)."})
@@ -207,6 +206,24 @@ class PolicyWithValue(nn.Module):
         nn.init.zeros_(self.value_head.weight)
         nn.init.zeros_(self.value_head.bias)
 
+    def checkpoint_layers(self) -> bool:
+        """Recompute decoder-layer activations in backward passes (rollouts have no gradients: unaffected).
+
+        transformers checkpoints only layers in training mode; PPO keeps every module in eval mode (no
+        dropout), so only the layers' own flags are set. False: the model has no checkpointable layers.
+        """
+        from transformers.modeling_layers import GradientCheckpointingLayer
+
+        base = self.policy.get_base_model()
+        if not getattr(base, "supports_gradient_checkpointing", False):
+            return False
+        base.activation_checkpointing_enable({"use_reentrant": False})
+        base.disable_input_require_grads()  # only the reentrant variant needs inputs that require grad
+        layers = [module for module in base.modules() if isinstance(module, GradientCheckpointingLayer)]
+        for layer in layers:
+            layer.training = True  # not .train(): that would switch on its dropout submodules too
+        return bool(layers)
+
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_length: int,
                 with_values: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Logits predicting each of the last `response_length` tokens, and the value of the state before it.
@@ -215,8 +232,7 @@ class PolicyWithValue(nn.Module):
         """
         position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
         out = self.policy(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                          output_hidden_states=with_values, logits_to_keep=response_length + 1,
-                          use_cache=False)
+                          output_hidden_states=with_values, logits_to_keep=response_length + 1, use_cache=False)
         logits = out.logits[:, -(response_length + 1):-1]
         if not with_values:
             return logits, None
@@ -300,9 +316,8 @@ def update(accelerator: Any, model: Any, optimizer: Any, roll: Rollout, config: 
             accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-            for name, value in (("policy_loss", pg_loss), ("value_loss", vf_loss), ("entropy", entropy),
-                                ("clipfrac", clipfrac), ("approx_kl", approx_kl),
-                                ("value_clipfrac", vf_clipfrac), ("loss", loss)):
+            for name, value in (("policy_loss", pg_loss), ("value_loss", vf_loss), ("entropy", entropy), ("loss", loss),
+                                ("clipfrac", clipfrac), ("approx_kl", approx_kl), ("value_clipfrac", vf_clipfrac)):
                 losses.setdefault(name, []).append(value.detach())
     return {"reward": roll.scores.mean(), "kl": kl.sum(1).mean(), "non_score_reward": (-kl_coef * kl).sum(1).mean(),
             "response_length": roll.mask.sum(1).mean(), "value_mean": masked_mean(roll.values, roll.mask),
@@ -337,6 +352,8 @@ def train(config: PPOArgs, task: Task, reward: CombinedReward) -> Outcome | None
     start = rl_utils.load_checkpoint(resume_from, model, optimizer, kl_ctl, history) if resume_from else 0
     model, optimizer = accelerator.prepare(model, optimizer)
     model.eval()  # no dropout anywhere; gradients flow all the same
+    if config.activation_checkpointing:
+        accelerator.unwrap_model(model).checkpoint_layers()
     if accelerator.is_main_process:
         rl_utils.reset_metrics_log(out, history)  # a resumed run's log restarts from its checkpoint
 
