@@ -8,7 +8,8 @@ then batch 8 (left-padded, as a batch job would run). Then the app (`python -m d
 off) is started in its own process and, for each number of users U, U gradio_client clients
 send `--requests` greedy `generate_tweet` calls each, all at once. Printed: aggregate tokens/s
 (tokens of the answers received / wall time), p50/p95 latency of a call, and how many answers
-differ from batch-1 `generate` (batched float arithmetic can flip a greedy near-tie).
+differ from batch-1 `generate` (batched float arithmetic can flip a greedy near-tie). One user's
+calls are also compared with batch-1 `generate` on the same prompts (tokens / seconds in the call).
 `--startup` adds cold start (GGUF conversion) vs cached start.
 """
 
@@ -178,13 +179,15 @@ def main() -> None:
     print("|---|---:|---:|---:|---:|---:|---:|")
     bare_generate(engine, dataclasses.replace(settings, max_new_tokens=2), 1)  # warm-up
     reference: list[str] = []
+    one_by_one: list[float] = []
     for batch in (1, 8):
         seconds, answers = bare_generate(engine, settings, batch)
-        reference = reference or answers
+        reference, one_by_one = reference or answers, one_by_one or seconds
         print(f"| bare generate, batch {batch} | {batch} | {len(seconds)} | "
               f"{tokens_in(engine, answers) / sum(seconds):.1f} | {percentile(seconds, 0.5):.2f} | "
               f"{percentile(seconds, 0.95):.2f} | {sum(a != r for a, r in zip(answers, reference, strict=True))} |")
 
+    alone: list[tuple[float, float]] = []
     with tempfile.TemporaryDirectory() as home:
         app, url = start_app(args, Path(home))
         try:
@@ -194,10 +197,17 @@ def main() -> None:
                 print(f"| app, gradio_client users | {count} | {len(answers)} | "
                       f"{tokens_in(engine, [text for _, text in answers]) / wall:.1f} | "
                       f"{percentile(latencies, 0.5):.2f} | {percentile(latencies, 0.95):.2f} | {flips} |")
+                if count == 1:  # its few prompts answer longer or shorter than the average: compare like with like
+                    same = [index for index, _ in answers]
+                    alone.append((tokens_in(engine, [text for _, text in answers]) / sum(latencies),
+                                  tokens_in(engine, [reference[i] for i in same]) / sum(one_by_one[i] for i in same)))
         finally:
             app.terminate()
             app.wait(timeout=60)
 
+    for app_rate, bare_rate in alone:
+        print(f"\n1 user on the same prompts, per call: app {app_rate:.1f} tok/s, bare batch-1 generate "
+              f"{bare_rate:.1f} tok/s ({app_rate / bare_rate:.2f}x)")
     if args.startup:
         print("\n| start-up | seconds |\n|---|---:|")
         for name, seconds in startup(args.model):

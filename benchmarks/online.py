@@ -240,6 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     from demos.app import build_app
     from demos.quotas import Access, Limits
     from hub.feedback.callback import FeedbackCallback
+    from serving import compute_threads
     from serving.engine import Engine
     from serving.guard import ToxicityGuard
     from serving.models import load_model
@@ -249,6 +250,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    compute_threads.reserve()  # as `python -m demos` does, before the model loads
     model = args.model
     if args.smoke:
         from tests.tiny_models import build_causal_lm

@@ -128,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     from hub.errors import FlywheelError
     from hub.feedback.callback import FeedbackCallback
     from hub.repos import parse_adapter_specs
+    from serving import compute_threads
     from serving.backends import open_backend
     from serving.guard import GuardConfig
     from serving.judges import parse_judge_specs
@@ -140,6 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         guard_config = GuardConfig.parse(args.guard, scorer=args.guard_scorer)
         parse_online_tasks(args.online), parse_judge_specs(args.online_judge)  # bad ones fail before the model loads
         adapters = parse_adapter_specs(args.adapter, arena_sides=(args.arena_a, args.arena_b))
+        compute_threads.reserve()  # before the model loads: see serving.compute_threads
         engine = open_backend(args.backend, model=args.model, dtype=args.dtype, lora_source=args.lora_source)
         for key, spec in adapters.items():
             engine.load_adapter(key, spec.ref, revision=spec.revision)

@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from serving import compute_threads
 from serving.batch_rows import Row, RowBatch, prefill
 
 logger = logging.getLogger(__name__)
@@ -173,6 +174,7 @@ class Batcher:
             return joining
 
     def _run(self) -> None:
+        compute_threads.use_reserved()  # this thread decodes for as long as there is work, then ends
         batches: dict[str | None, RowBatch] = {}
         try:
             self._loop(batches)

@@ -19,6 +19,7 @@ from typing import Any
 
 from hub.errors import FlywheelError, first_line
 from hub.online import CHECKPOINTS, OnlineState, checkpoint_name, online_home, read_state, write_state
+from serving.compute_threads import run_parallel
 from serving.engine import AdapterInfo, Engine
 from serving.judges import Judge
 from serving.online_policy import (
@@ -255,7 +256,7 @@ class OnlineLearner:
 
     def _guarded(self, job: Any, *args: Any) -> None:
         try:
-            job(*args)
+            run_parallel(job, *args)  # a fresh thread per job: no idle OpenMP pool slows the decode loop
         except Exception as error:  # noqa: BLE001 - the worker outlives one bad batch
             logger.exception("Online learning for %s failed", self.task.slug)
             self.error = first_line(error)

@@ -49,6 +49,7 @@ from hub.errors import FlywheelError  # noqa: E402
 from hub.feedback.callback import FeedbackCallback  # noqa: E402
 from hub.paths import choose_home  # noqa: E402
 from hub.space import SpaceConfig  # noqa: E402
+from serving import compute_threads  # noqa: E402
 from serving.backends import GenerationBackend, open_backend  # noqa: E402
 from serving.batching import MAX_BATCH  # noqa: E402
 from serving.guard import GuardConfig, ToxicityGuard  # noqa: E402
@@ -104,6 +105,7 @@ def create_app(config: SpaceConfig | None = None, *, concurrency_limit: int = MA
     access = space_access(config)
     guard_config = _variable(GuardConfig.parse, config.guard, "FLYWHEEL_GUARD")
     _variable(parse_online_tasks, config.online, "FLYWHEEL_ONLINE")  # before the model loads
+    compute_threads.reserve()  # before the model loads: see serving.compute_threads
     engine = space_backend(config)
     watcher = None
     if config.adapters:
