@@ -149,3 +149,28 @@ def test_evaluate_with_adapter_and_reward_restores_the_base_model(tiny_causal_lm
     assert table.splitlines()[0] == "| metric | before | after | Δ |"
     assert table.splitlines()[2].startswith("| **reward_model** ↑ |")
     assert "reward_model (main, higher is better)" in after.table()
+
+
+def test_continuation_perplexity_is_the_completions_own_likelihood(tiny_causal_lm: Path) -> None:
+    """Prompts of different lengths, one empty completion: each perplexity is exp(mean NLL of its completion tokens)."""
+    import math
+
+    import torch
+
+    from serving.models import load_model
+    from trainers.evaluation import continuation_perplexity
+
+    loaded = load_model(str(tiny_causal_lm))
+    tokenizer = loaded.tokenizer
+    prompts = [tokenizer(text)["input_ids"] for text in ("Hello", "Write a long tweet about small business owners",
+                                                         "Hi there")]
+    completions = [" a tweet", " advice for everyone today", "  "]
+    got = continuation_perplexity(loaded=loaded, model=loaded.model, prompt_ids=prompts, completions=completions,
+                                  batch_size=2)
+    for prompt, completion, value in zip(prompts[:2], completions[:2], got[:2], strict=True):
+        target = tokenizer(completion, add_special_tokens=False)["input_ids"]
+        with torch.inference_mode():
+            logits = loaded.model(input_ids=torch.tensor([prompt + target])).logits[0, len(prompt) - 1:-1]
+        nll = torch.nn.functional.cross_entropy(logits.float(), torch.tensor(target))
+        assert value == pytest.approx(math.exp(float(nll)), rel=1e-3)
+    assert got[2] is None
