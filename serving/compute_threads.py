@@ -47,11 +47,6 @@ def reserve(threads: int | None = None) -> int:
     return _reserved
 
 
-def reserved() -> int | None:
-    """The reserved count, or None when this process did not call `reserve`."""
-    return _reserved
-
-
 def use_reserved() -> None:
     """The calling thread runs torch on the reserved threads (nothing happens without `reserve`).
 
