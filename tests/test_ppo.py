@@ -334,3 +334,41 @@ def test_detox_recipe_parses_and_every_option_has_help(capsys: pytest.CaptureFix
         assert code == 0
         for item in dataclasses.fields(options_class):
             assert f"--{item.name}" in out and item.metadata.get("help"), item.name
+
+
+def test_init_adapter_is_the_frozen_reference(learnable_lm: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """With --init-adapter the reference log-probs are the starting adapter's, before and after an update."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from tests.adapter_factory import make_adapter
+    from trainers.lifecycle import REFERENCE_ADAPTER
+
+    champion = make_adapter(learnable_lm, tmp_path / "champion", seed=1)
+    rollouts: list[ppo.Rollout] = []
+    original = ppo.rollout
+    monkeypatch.setattr(ppo, "rollout", lambda *args: rollouts.append(original(*args)) or rollouts[-1])
+    out = tmp_path / "out"
+
+    code, _, err = train(ppo.main, ppo.PPOArgs, options(learnable_lm, rtp_file(tmp_path / "rtp.jsonl"), out, **{
+        "max-steps": 2, "init-adapter": str(champion), "learning-rate": 1e-2}), capsys)
+
+    assert code == 0, err[-2000:]
+    start = ppo.PolicyWithValue(PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(learnable_lm),
+                                                          str(champion))).eval()
+
+    def logprobs(model: Any, roll: ppo.Rollout) -> torch.Tensor:
+        with torch.no_grad():
+            logits, _ = model(roll.sequences, roll.attention, roll.responses.shape[1], with_values=False)
+        return ppo.logprobs_of(logits, roll.responses) * roll.mask
+
+    first, second = rollouts
+    assert torch.allclose(first.logprobs, first.ref_logprobs, atol=1e-5)  # the policy starts as its reference
+    for roll in rollouts:
+        assert torch.allclose(roll.ref_logprobs, logprobs(start, roll), atol=1e-5)
+        with start.policy.disable_adapter():  # the base model: not the reference
+            assert not torch.allclose(roll.ref_logprobs, logprobs(start, roll), atol=1e-2)
+    assert not torch.allclose(second.logprobs, second.ref_logprobs, atol=1e-3)  # the policy moved, not the reference
+    assert not (out / REFERENCE_ADAPTER).exists() and (out / "adapter_model.safetensors").exists()

@@ -105,11 +105,12 @@ class PolicyArgs(TrainerArgs):
 
 @dataclass
 class PreferenceArgs(PolicyArgs):
-    """Options DPO and KTO share: a gentler learning rate and the pull towards the base model."""
+    """Options DPO and KTO share: a gentler learning rate and the pull towards the reference."""
 
     learning_rate: float = field(default=5e-5, metadata={"help": "Peak learning rate of AdamW."})
     beta: float = field(default=0.1, metadata={
-        "help": "Strength of the pull towards the base model (higher: the adapter stays closer to it)."})
+        "help": "Strength of the pull towards the reference: the base model, or the --init-adapter it started "
+                "from (higher: the adapter stays closer to it)."})
 
 
 def run(main: Callable[[Config], Any], config_class: type[Config], argv: list[str] | None = None, *,

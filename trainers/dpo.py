@@ -5,7 +5,8 @@
 
 Each vote gives a prompt with a chosen and a rejected answer; an edit gives the corrected text
 as chosen and the original as rejected. TRL's `DPOTrainer` trains the adapter against the base
-model itself (adapter switched off) as the reference, so no second model is loaded.
+model itself (adapter switched off) as the reference, or with `--init-adapter` against a frozen
+copy of that adapter (`trainers.lifecycle.REFERENCE_ADAPTER`), so no second model is loaded.
 """
 
 from dataclasses import dataclass, field

@@ -6,7 +6,8 @@
 Every flag is one unpaired example: the task's good flags (e.g. `great`, `fine`) are desirable,
 every other flag (generic, off-topic, toxic, ...) undesirable. Unlike DPO, KTO needs no pairs,
 only some of each kind. When the two kinds are unbalanced the desirable weight is set so that
-both count equally, as the KTO paper recommends, unless you set the weights yourself.
+both count equally, as the KTO paper recommends, unless you set the weights yourself. The
+reference is the base model, or with `--init-adapter` a frozen copy of that adapter, as in DPO.
 """
 
 import logging

@@ -20,6 +20,8 @@ import dataclasses
 import json
 import logging
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -113,17 +115,32 @@ class Policy:
                 **lora_inputs(self.training.config, self.loaded)}
 
 
+REFERENCE_ADAPTER = "ref"
+"""The frozen copy of `--init-adapter` that a run's KL term is measured against (without it: the base model).
+
+TRL's DPO, KTO and GRPO trainers add it under this name themselves when handed a PEFT model and
+no `ref_model` (`lora_inputs`); PPO gets it from `lora_model(reference=True)`. Both switch to it
+for the reference forward pass as `reference_policy` does.
+"""
+
+
 def lora_inputs(config: PolicyArgs, loaded: LoadedModel) -> dict[str, Any]:
-    """`model` (and `peft_config`) for a TRL trainer: a fresh LoRA, or `--init-adapter` to train on."""
+    """`model` (and `peft_config`) for a TRL trainer: a fresh LoRA, or `--init-adapter` to train on.
+
+    The trainer keeps a frozen copy of `--init-adapter` as its reference (`REFERENCE_ADAPTER`).
+    """
     if config.init_adapter:
         return {"model": lora_model(config, loaded, task_type="CAUSAL_LM")}
     return {"model": loaded.model, "peft_config": lora_config(config, task_type="CAUSAL_LM")}
 
 
-def lora_model(config: PolicyArgs, loaded: LoadedModel, *, task_type: str, lora: Any | None = None) -> Any:
+def lora_model(config: PolicyArgs, loaded: LoadedModel, *, task_type: str, lora: Any | None = None,
+               reference: bool = False) -> Any:
     """The PEFT model to train: `--init-adapter` loaded as trainable, else a fresh LoRA (`lora`, or the options').
 
-    Call it after `evaluate_before`: the evaluation needs the bare base model.
+    Call it after `evaluate_before`: the evaluation needs the bare base model. `reference=True` (a
+    trainer computing its own KL term, for `reference_policy`) also loads `--init-adapter` frozen as
+    `REFERENCE_ADAPTER`: a second LoRA on the same base, not a second model.
 
     Raises:
         FlywheelError: the adapter cannot be read, or it was made for another base model.
@@ -138,7 +155,19 @@ def lora_model(config: PolicyArgs, loaded: LoadedModel, *, task_type: str, lora:
     spec = AdapterSpec.parse(config.init_adapter)
     path, _ = resolve_adapter(spec.ref, revision=spec.revision)
     validate_adapter(path, base_id=loaded.base_id, model=loaded.model)
-    return PeftModel.from_pretrained(loaded.model, str(path), is_trainable=True)
+    model = PeftModel.from_pretrained(loaded.model, str(path), is_trainable=True)
+    if reference:
+        model.load_adapter(str(path), adapter_name=REFERENCE_ADAPTER, is_trainable=False)
+    return model
+
+
+@contextmanager
+def reference_policy(model: Any) -> Iterator[None]:
+    """Within, the PEFT `model` computes the reference policy: `REFERENCE_ADAPTER` if it has one, else the base."""
+    from trl.trainer.utils import use_adapter
+
+    with use_adapter(model, REFERENCE_ADAPTER if REFERENCE_ADAPTER in model.peft_config else None):
+        yield
 
 
 def prepare_policy(config: PolicyArgs, *, method: str, task: Task, seq2seq: bool = False,
@@ -233,9 +262,12 @@ def finish(training: TrainingRun, *, model: Any, log_history: list[dict[str, Any
     if not is_main_process():
         return None
     config, out, evaluator = training.config, training.out, training.evaluator
-    for adapter in getattr(model, "peft_config", {}).values():
-        adapter.base_model_name_or_path = training.base_model  # the id, not the local path it was read from
-    model.save_pretrained(str(out), safe_serialization=True)
+    names = list(getattr(model, "peft_config", {}))
+    trained = [name for name in names if name != REFERENCE_ADAPTER]  # the frozen start is not saved
+    for name in trained:
+        model.peft_config[name].base_model_name_or_path = training.base_model  # the id, not a local path
+    model.save_pretrained(str(out), safe_serialization=True,
+                          **({"selected_adapters": trained} if REFERENCE_ADAPTER in names else {}))
     plot = save_metrics(log_history, out, keys=training.curve_keys)
     before = training.before
     meter().enter("evaluation")

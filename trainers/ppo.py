@@ -9,11 +9,11 @@ and RLOO, with the same `--reward` specs, are in `trainers/grpo.py`.
 
 One copy of the base model is in memory: the policy is the base plus a LoRA adapter, the value
 function is a linear head on the same backbone's last hidden state, and the reference policy is
-the base with the adapter disabled. Each step (Ziegler et al. 2019; CleanRL's ppo.py):
+the base with the adapter disabled, or with `--init-adapter` a frozen copy of that adapter
+(`trainers.lifecycle.reference_policy`). Each step (Ziegler et al. 2019; CleanRL's ppo.py):
 
 1. sample a batch of prompts and generate responses with the policy (no gradients, KV cache);
-2. score them with the reward callables; recompute logprobs and values in one forward pass and
-   the reference logprobs with the adapter disabled;
+2. score them with the reward callables; recompute logprobs and values in one forward pass, then the reference's;
 3. per-token rewards: -kl_coef * (logprob - ref_logprob), plus the score on the last token;
 4. GAE advantages and returns; whiten the advantages;
 5. several epochs of shuffled minibatches: clipped surrogate + clipped value loss - entropy bonus,
@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 from transformers import GenerationConfig
 
 from tasks import Task
-from trainers import rl_utils
+from trainers import lifecycle, rl_utils
 from trainers.common import lora_config, output_dir, run
 from trainers.lifecycle import Outcome, evaluate_before, evaluation_reward, finish, lora_model, policy_run
 from trainers.reward_functions import CombinedReward
@@ -275,7 +275,7 @@ def rollout(accelerator: Any, model: Any, tokenizer: Any, task: Task, reward: Co
         mask = rl_utils.response_mask(responses, eos_ids)
         attention = torch.cat([prompt_mask, torch.ones_like(responses)], dim=1)
         logits, values = unwrapped(sequences, attention, responses.shape[1])
-        with unwrapped.policy.disable_adapter():  # the reference policy: same weights, no LoRA
+        with lifecycle.reference_policy(unwrapped.policy):
             ref_logits, _ = unwrapped(sequences, attention, responses.shape[1], with_values=False)
     kept = [row[:int(n)] for row, n in zip(responses, mask.sum(1), strict=True)]
     scores, parts = reward.score(prompts, tokenizer.batch_decode(kept, skip_special_tokens=True))
@@ -342,7 +342,7 @@ def train(config: PPOArgs, task: Task, reward: CombinedReward) -> Outcome | None
 
     lora = lora_config(config, task_type="CAUSAL_LM")
     lora.lora_dropout = 0.0  # the PPO ratio must compare one and the same network
-    policy = lora_model(config, loaded, task_type="CAUSAL_LM", lora=lora)
+    policy = lora_model(config, loaded, task_type="CAUSAL_LM", lora=lora, reference=True)
     lora = policy.peft_config["default"]  # --init-adapter brings its own rank and targets
     model = PolicyWithValue(policy)
     model.policy.peft_config["default"].base_model_name_or_path = loaded.base_id

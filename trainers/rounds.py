@@ -14,7 +14,8 @@ good flag, a bad flag, an edit, a rating, a vote. The method follows from the ne
 
 `train_challenger` runs the method's own `main` in this process, starting from the champion
 adapter (`--init-adapter`) so that the lifecycle scores champion and challenger on the same
-held-out examples and gates the challenger by the margin (`trainers.lifecycle.compare`).
+held-out examples and gates the challenger by the margin (`trainers.lifecycle.compare`); DPO, KTO
+and PPO also measure their KL term against the champion (frozen), not the base model.
 """
 
 from __future__ import annotations
