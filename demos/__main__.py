@@ -19,7 +19,7 @@ import os
 import sys
 from typing import TYPE_CHECKING
 
-from serving.batching import MAX_BATCH
+from serving.batching import MAX_BATCH, STREAM_EVERY
 from tasks import SLUGS
 
 if TYPE_CHECKING:
@@ -74,6 +74,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--concurrency", type=int, default=MAX_BATCH,
                         help=f"Generations in progress at once, decoded together as one batch (default "
                              f"{MAX_BATCH}); also other requests at once per endpoint.")
+    parser.add_argument("--stream-every", type=float, default=STREAM_EVERY, metavar="SECONDS",
+                        help=f"Send a streaming answer at most every SECONDS until it is final (default "
+                             f"{STREAM_EVERY}; 0: at every token, which costs a visitor tokens/s on a small CPU).")
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
                         help="Weights dtype (float32 is fastest on CPUs without native bf16).")
     parser.add_argument("--online", action="append", default=[os.environ.get("FLYWHEEL_ONLINE", "")],
@@ -157,7 +160,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     app = build_app(engine, feedback=feedback, concurrency_limit=args.concurrency,
-                    arena=ArenaSides(a=args.arena_a, b=args.arena_b), access=access, guard=guard, online=online)
+                    arena=ArenaSides(a=args.arena_a, b=args.arena_b), access=access, guard=guard, online=online,
+                    stream_every=args.stream_every)
     stop_on_sigterm()
     try:
         app.launch(server_name=args.host, server_port=args.port, show_error=True, max_file_size=MAX_FILE_SIZE,

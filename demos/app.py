@@ -21,7 +21,7 @@ from demos.quotas import Access, Quotas, Visitor, visitor_from
 from demos.settings import SettingsPanel, build_settings_panel
 from hub.arena import HEADER as LEADERBOARD_HEADER
 from serving.backends import GenerationBackend
-from serving.batching import MAX_BATCH
+from serving.batching import MAX_BATCH, STREAM_EVERY
 from serving.engine import GenerationSettings
 from serving.guard import ToxicityGuard
 from serving.online import OnlineLearning
@@ -67,14 +67,16 @@ def login_problem() -> str | None:
 def build_app(engine: GenerationBackend, *, feedback: Any | None = None, arena: ArenaSides = ArenaSides(),
               defaults: GenerationSettings = GenerationSettings(), title: str = "Flywheel",
               concurrency_limit: int = MAX_BATCH, header: str | None = None, access: Access = Access(),
-              guard: ToxicityGuard | None = None, online: OnlineLearning | None = None) -> gr.Blocks:
+              guard: ToxicityGuard | None = None, online: OnlineLearning | None = None,
+              stream_every: float = STREAM_EVERY) -> gr.Blocks:
     """Build the seven-tab app around one generation backend (a local `Engine` or an `OpenAIBackend`).
 
     `access` sets the quotas, Hugging Face sign-in and the queue length. Every generate
     endpoint shares one concurrency group of `concurrency_limit` (the engine decodes them together).
     `guard` checks every answer before it is final (the detox tab's score uses its scorer);
     `online` (already started) learns from the ratings and flags of its tabs, and gets a status
-    panel and the `online_status` endpoint.
+    panel and the `online_status` endpoint. A streaming answer is sent at most every `stream_every`
+    seconds until it is final (0: at every token).
 
     Example:
         >>> from serving.engine import Engine
@@ -84,7 +86,7 @@ def build_app(engine: GenerationBackend, *, feedback: Any | None = None, arena: 
     """
     suite = Suite(engine, feedback=feedback, arena=arena, quotas=Quotas(access.limits),
                   require_login=access.require_login, guard=guard, online=online,
-                  toxicity=guard.scorer if guard is not None else None)
+                  toxicity=guard.scorer if guard is not None else None, stream_every=stream_every)
     tabs = _Tabs(suite, access, concurrency_limit)
     with FlywheelBlocks(title=title, routes=[feedback_route(suite, proxy_hops=access.proxy_hops)]) as app:
         gr.Markdown(header or f"# {title}\nDemos that learn from you: every answer can be flagged, "

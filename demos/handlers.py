@@ -11,7 +11,9 @@ bound how often one person or one IP address may generate or send feedback.
 from __future__ import annotations
 
 import logging
+import math
 import random
+import time
 from collections.abc import Iterator
 from contextlib import closing, nullcontext
 from dataclasses import asdict, dataclass
@@ -26,13 +28,13 @@ from hub.errors import FlywheelError
 from hub.feedback.records import MODEL_KEYS
 from hub.feedback.tickets import TICKET_TTL, secret_key, sign_ticket
 from serving.backends import GenerationBackend
+from serving.batching import STREAM_EVERY
 from serving.engine import BASE_LABEL, GenerationSettings
 from serving.guard import Rejection, ToxicityGuard, guarded, negative_example
 from serving.online import OnlineLearning
 from tasks import InvalidInput, Task, get_task
 
 logger = logging.getLogger(__name__)
-
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,7 @@ class Suite:
         quotas: per-person and per-IP limits (None: unlimited).
         require_login: refuse feedback from people not signed in with Hugging Face.
         key: the ticket-signing key (default `hub.feedback.tickets.secret_key()`).
+        stream_every: seconds at least between two partial updates of one answer (0: every token).
         ticket_ttl: seconds an output stays open to feedback.
         guard: scores every answer before it is final (`serving.guard`); None serves them unchecked.
         online: the tabs that learn from their ratings and flags while serving (`serving.online`).
@@ -64,8 +67,10 @@ class Suite:
     def __init__(self, engine: GenerationBackend, *, feedback: Any | None = None,
                  arena: ArenaSides = ArenaSides(), toxicity: Any | None = None, quotas: Quotas | None = None,
                  require_login: bool = False, key: bytes | None = None, ticket_ttl: float = TICKET_TTL,
-                 guard: ToxicityGuard | None = None, online: OnlineLearning | None = None) -> None:
+                 guard: ToxicityGuard | None = None, online: OnlineLearning | None = None,
+                 stream_every: float = STREAM_EVERY) -> None:
         self.engine = engine
+        self.stream_every = stream_every
         self._coin = random.SystemRandom()
         self.guard = guard
         self.online = online
@@ -146,8 +151,12 @@ class Suite:
         def rejected(rejection: Rejection) -> None:
             self._record_guarded(task, inputs, rejection, attempts[-1])
 
+        shown = -math.inf
         with self.online.generating() if self.online is not None else nullcontext():
             for step in guarded(generate, settings, guard=self.guard, on_reject=rejected):
+                if not step.final and time.monotonic() - shown < self.stream_every:
+                    continue  # the next update carries this text too
+                shown = time.monotonic()
                 served_by = attempts[-1]
                 if step.withheld:
                     served_by["withheld"] = "toxicity"
