@@ -99,3 +99,31 @@ def test_sft_trains_seq2seq_models_with_seq2seq_trainer(
     assert json.loads((adapter / "adapter_config.json").read_text())["task_type"] == "SEQ_2_SEQ_LM"
     assert front_matter((adapter / "README.md").read_text())["pipeline_tag"] == "text2text-generation"
     assert "not pushed" in out
+
+
+@pytest.mark.parametrize(("options", "checkpointed"), [
+    ([], [True, True]),
+    (["--checkpoint-every-n-layers", "2"], [True, False]),
+    (["--no-activation-checkpointing"], [False, False]),
+])
+def test_activation_checkpointing_options_reach_the_decoder_layers_in_training(
+        options: list[str], checkpointed: list[bool], tiny_causal_lm: Path, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    seen: dict[str, list[bool]] = {}
+
+    def train_only(training: object, trainer: object) -> None:
+        trainer.train()  # transformers sets the layers' flags when training starts
+        seen["layers"] = [module.gradient_checkpointing for module in trainer.model.modules()
+                          if isinstance(module, GradientCheckpointingLayer)]
+
+    monkeypatch.setattr(sft, "train_and_finish", train_only)
+    seed = dialogsum_file(tmp_path / "dialogsum.jsonl", rows=8)
+    argv = ["--task", "dialogue_summary", "--model", str(tiny_causal_lm), "--seed-data", str(seed), *FAST,
+            "--eval-limit", "0", "--output-dir", str(tmp_path / "out"), *options]
+
+    code, _, err = train(sft.main, sft.SFTArgs, argv, capsys)
+
+    assert code == 0, err
+    assert seen["layers"] == checkpointed

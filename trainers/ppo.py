@@ -71,9 +71,6 @@ class PPOArgs(RLArgs):
     cliprange: float = field(default=0.2, metadata={"help": "Clip range of the policy ratio."})
     cliprange_value: float = field(default=0.2, metadata={"help": "Clip range of the value update."})
     vf_coef: float = field(default=0.1, metadata={"help": "Weight of the value loss."})
-    activation_checkpointing: bool = field(default=True, metadata={
-        "help": "Recompute decoder-layer activations in the backward pass instead of keeping them: less "
-                "memory for one more forward per minibatch."})
     ent_coef: float = field(default=0.0, metadata={
         "help": "Weight of the entropy bonus (0: off; the KL penalty already keeps the policy near the "
                 "base, and under Adam even 0.001 drives a small LM toward noise when advantages are small)."})
@@ -206,8 +203,9 @@ class PolicyWithValue(nn.Module):
         nn.init.zeros_(self.value_head.weight)
         nn.init.zeros_(self.value_head.bias)
 
-    def checkpoint_layers(self) -> bool:
-        """Recompute decoder-layer activations in backward passes (rollouts have no gradients: unaffected).
+    def checkpoint_layers(self, every_n_layers: int = 1) -> bool:
+        """Recompute the activations of every `every_n_layers`-th decoder layer in backward passes (rollouts
+        have no gradients: unaffected).
 
         transformers checkpoints only layers in training mode; PPO keeps every module in eval mode (no
         dropout), so only the layers' own flags are set. False: the model has no checkpointable layers.
@@ -217,7 +215,7 @@ class PolicyWithValue(nn.Module):
         base = self.policy.get_base_model()
         if not getattr(base, "supports_gradient_checkpointing", False):
             return False
-        base.activation_checkpointing_enable({"use_reentrant": False})
+        base.activation_checkpointing_enable({"use_reentrant": False}, every_n_layers=every_n_layers)
         base.disable_input_require_grads()  # only the reentrant variant needs inputs that require grad
         layers = [module for module in base.modules() if isinstance(module, GradientCheckpointingLayer)]
         for layer in layers:
@@ -353,7 +351,7 @@ def train(config: PPOArgs, task: Task, reward: CombinedReward) -> Outcome | None
     model, optimizer = accelerator.prepare(model, optimizer)
     model.eval()  # no dropout anywhere; gradients flow all the same
     if config.activation_checkpointing:
-        accelerator.unwrap_model(model).checkpoint_layers()
+        accelerator.unwrap_model(model).checkpoint_layers(config.checkpoint_every_n_layers)
     if accelerator.is_main_process:
         rl_utils.reset_metrics_log(out, history)  # a resumed run's log restarts from its checkpoint
 

@@ -58,6 +58,9 @@ LOADING = ("Load it with `serving.reward_models.load_reward_model(<repo or folde
 class RewardArgs(TrainerArgs):
     """Options of `trainers/reward.py` (the common trainer options plus these)."""
 
+    activation_checkpointing: bool = field(default=False, metadata={
+        "help": "Recompute activations in the backward pass (off by default: one pair at a time, backward through "
+                "the top blocks only, peaked at 1.5 GB with them recomputed, as plain TRL does; it only cost time)."})
     eval_limit: int = field(default=500, metadata={
         "help": "Most held-out prompts whose preference pairs are scored after training (0: no evaluation)."})
     eval_fraction: float = field(default=0.2, metadata={
@@ -138,9 +141,7 @@ def build_trainer(config: RewardArgs, model: Any, tokenizer: Any, rows: list[dic
     from datasets import Dataset
     from trl import RewardConfig, RewardTrainer
 
-    # One pair at a time, backward through the top blocks only: its activations are small (the recipe
-    # peaked at 1.5 GB with them recomputed, as plain TRL does), so recomputing them would only cost time.
-    args = RewardConfig(**trl_args(config, out, max_length=None, activation_checkpointing=False,
+    args = RewardConfig(**trl_args(config, out, max_length=None,
                                    center_rewards_coefficient=config.center_rewards or None))
     peft_config = lora_config(config, task_type="SEQ_CLS")
     peft_config.modules_to_save = ["score"]
