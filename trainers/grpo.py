@@ -42,7 +42,8 @@ class GRPOArgs(RLArgs):
         "help": "grpo: TRL's GRPOTrainer (advantage = reward against its group's mean and spread); "
                 "rloo: TRL's RLOOTrainer (against the mean of the other completions)."})
     beta: float = field(default=0.05, metadata={
-        "help": "Coefficient of the KL penalty toward the base model (0: no reference model)."})
+        "help": "Coefficient of the KL penalty toward the reference: the base model, or a frozen copy of "
+                "--init-adapter (0: no reference)."})
     epsilon: float = field(default=0.2, metadata={"help": "Clip range of the policy ratio."})
 
     def requirements(self) -> list[tuple[bool, str]]:
