@@ -33,6 +33,7 @@ import torch
 
 from hub.paths import flywheel_cache
 from serving import models
+from serving.batching import STREAM_EVERY
 from serving.engine import Engine, GenerationSettings
 from serving.models import load_model
 from tasks import get_task
@@ -89,7 +90,7 @@ def start_app(args: argparse.Namespace, home: Path) -> tuple[subprocess.Popen, s
     """`python -m demos` in its own process (its server threads do not share our GIL); wait until it answers."""
     port = free_port()
     command = [sys.executable, "-m", "demos", "--model", args.model, "--dtype", args.dtype, "--port", str(port),
-               "--concurrency", str(args.concurrency), "--queue-size", "1024"]
+               "--concurrency", str(args.concurrency), "--queue-size", "1024", "--stream-every", str(args.stream_every)]
     for quota in ("generation", "generation-per-ip", "feedback", "feedback-per-ip"):
         command += ["--limit", f"{quota}=off"]
     # Its own home (feedback, secrets), the converted bundled model shared with this process.
@@ -163,6 +164,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=2, help="calls each user makes, one after another")
     parser.add_argument("--repetition-penalty", type=float, default=1.0)
     parser.add_argument("--concurrency", type=int, default=16, help="the app's --concurrency")
+    parser.add_argument("--stream-every", type=float, default=STREAM_EVERY, help="the app's --stream-every")
     parser.add_argument("--startup", action="store_true", help="also time cold and cached start")
     args = parser.parse_args()
     users = [int(n) for n in args.users.split(",")]
