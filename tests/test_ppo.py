@@ -102,8 +102,9 @@ def lora_tensors(path: Path) -> dict[str, Any]:
     return {k: v for k, v in load_file(str(path)).items() if "lora_" in k}
 
 
-def test_forward_pass_reproduces_the_logits_generate_sampled_from(learnable_lm: Path) -> None:
-    """Left-padded prompts of different lengths: the training forward must see what generate saw."""
+def test_forward_pass_reproduces_the_logits_and_values_of_generate(learnable_lm: Path) -> None:
+    """Left-padded prompts of different lengths: the training forward must see what generate saw, so the
+    rollout may take its old logprobs and values from `generate`'s own outputs."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -113,17 +114,20 @@ def test_forward_pass_reproduces_the_logits_generate_sampled_from(learnable_lm: 
     base = AutoModelForCausalLM.from_pretrained(learnable_lm)
     config = LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False)
     model = ppo.PolicyWithValue(get_peft_model(base, config)).eval()
+    torch.nn.init.normal_(model.value_head.weight)  # the head starts at zero: give the values something to show
     encoded = tokenizer(["Hello", "Write a tweet about advice for small business owners"], return_tensors="pt",
                         padding=True)
     torch.manual_seed(0)
     with torch.no_grad():
         generated = model.policy.generate(**encoded, do_sample=True, top_k=0, max_new_tokens=5, min_new_tokens=5,
                                           pad_token_id=tokenizer.pad_token_id, output_logits=True,
-                                          return_dict_in_generate=True)
+                                          output_hidden_states=True, return_dict_in_generate=True)
         attention = torch.cat([encoded["attention_mask"], torch.ones(2, 5, dtype=torch.long)], dim=1)
         logits, values = model(generated.sequences, attention, 5)
-    assert torch.allclose(logits, torch.stack(generated.logits, dim=1), atol=1e-4)
-    assert values.shape == (2, 5)
+        generation_logits, generation_values = model.generation_outputs(generated)
+    assert torch.allclose(logits, generation_logits, atol=1e-4)
+    assert values.shape == (2, 5) and values.abs().min() > 1e-3
+    assert torch.allclose(values, generation_values, atol=1e-4)
 
 
 def test_checkpointed_layers_give_the_same_gradients_and_keep_fewer_activations(learnable_lm: Path) -> None:

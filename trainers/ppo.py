@@ -13,7 +13,8 @@ the base with the adapter disabled, or with `--init-adapter` a frozen copy of th
 (`trainers.lifecycle.reference_policy`). Each step (Ziegler et al. 2019; CleanRL's ppo.py):
 
 1. sample a batch of prompts and generate responses with the policy (no gradients, KV cache);
-2. score them with the reward callables; recompute logprobs and values in one forward pass, then the reference's;
+2. score them with the reward callables; take logprobs and values from what `generate` computed, then
+   run the reference's forward pass;
 3. per-token rewards: -kl_coef * (logprob - ref_logprob), plus the score on the last token;
 4. GAE advantages and returns; whiten the advantages;
 5. several epochs of shuffled minibatches: clipped surrogate + clipped value loss - entropy bonus,
@@ -234,8 +235,22 @@ class PolicyWithValue(nn.Module):
         logits = out.logits[:, -(response_length + 1):-1]
         if not with_values:
             return logits, None
-        hidden = out.hidden_states[-1][:, -(response_length + 1):-1]
-        return logits, self.value_head(hidden.to(self.value_head.weight.dtype)).squeeze(-1)
+        return logits, self.values_of(out.hidden_states[-1][:, -(response_length + 1):-1])
+
+    def values_of(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The value of each state, from the backbone's last hidden state ([batch, length, hidden])."""
+        return self.value_head(hidden.to(self.value_head.weight.dtype)).squeeze(-1)
+
+    def generation_outputs(self, generated: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """The logits and values `forward` would give for the response of a `generate` call that returned
+        its logits and hidden states: `generate` already ran the policy over every prompt and response token.
+
+        Step 0 of `generated.hidden_states` holds the whole prompt (its last position is the state before
+        the first response token); each later step holds the one token generated before it.
+        """
+        steps = generated.hidden_states
+        hidden = torch.cat([steps[0][-1][:, -1:], *(step[-1] for step in steps[1:])], dim=1)
+        return torch.stack(generated.logits, dim=1), self.values_of(hidden)
 
 
 @dataclass
@@ -264,15 +279,17 @@ def rollout(accelerator: Any, model: Any, tokenizer: Any, task: Task, reward: Co
     eos_ids = rl_utils.eos_token_ids(tokenizer, accelerator.unwrap_model(model).policy)
     generation = GenerationConfig(do_sample=True, temperature=config.temperature, top_k=0, top_p=1.0,
                                   max_new_tokens=config.response_length, eos_token_id=eos_ids,
-                                  pad_token_id=tokenizer.pad_token_id, use_cache=True)
+                                  pad_token_id=tokenizer.pad_token_id, use_cache=True, return_dict_in_generate=True,
+                                  output_logits=True, output_hidden_states=True)
     unwrapping = rl_utils.unwrapped_for_generation(accelerator, model)
     with torch.no_grad(), accelerator.autocast(), unwrapping as unwrapped:
-        sequences = unwrapped.policy.generate(input_ids=prompt_ids, attention_mask=prompt_mask,
+        generated = unwrapped.policy.generate(input_ids=prompt_ids, attention_mask=prompt_mask,
                                               generation_config=generation)
+        sequences = generated.sequences
         responses = sequences[:, prompt_ids.shape[1]:]
         mask = rl_utils.response_mask(responses, eos_ids)
         attention = torch.cat([prompt_mask, torch.ones_like(responses)], dim=1)
-        logits, values = unwrapped(sequences, attention, responses.shape[1])
+        logits, values = unwrapped.generation_outputs(generated)  # no second policy forward
         with lifecycle.reference_policy(unwrapped.policy):
             ref_logits, _ = unwrapped(sequences, attention, responses.shape[1], with_values=False)
     kept = [row[:int(n)] for row, n in zip(responses, mask.sum(1), strict=True)]
