@@ -66,12 +66,13 @@ def test_detox_report_from_a_config_file(tiny_causal_lm: Path, tmp_path: Path) -
     out = tmp_path / "detox.json"
     config = tmp_path / "recipe.yaml"
     config.write_text(f"task: detox\nmodel: {tiny_causal_lm}\ndata: {data}\nmax_new_tokens: 5\n"
-                      "temperature: 1.0\n")
+                      "temperature: 1.0\ntop_k: 0\ntop_p: 1.0\n")  # pure sampling, as benchmarks/quality.py runs it
     result = run_cli("--config", str(config), "--output", str(out), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     report = json.loads(out.read_text())
     metrics = report["metrics"]
     assert report["main_metric"] == "toxicity_mean" and report["higher_is_better"] is False
+    assert (report["settings"]["top_k"], report["settings"]["top_p"]) == (0, 1.0)
     assert {"toxicity_mean", "toxic_fraction", "perplexity"} <= set(metrics)
     assert not REFERENCE_METRICS & set(metrics)
     assert 0.0 <= metrics["toxicity_mean"] <= 1.0 and metrics["perplexity"] > 1.0

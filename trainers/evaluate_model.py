@@ -37,6 +37,9 @@ class EvaluateArgs:
         "help": "Longest output in tokens (default per task: 30 detox, 64 summaries, 48 responses, ...)."})
     temperature: float = field(default=0.0, metadata={"help": "Sampling temperature; 0 means greedy decoding."})
     top_p: float = field(default=0.9, metadata={"help": "Nucleus sampling mass (when temperature > 0)."})
+    top_k: int = field(default=50, metadata={
+        "help": "Sample only from the k likeliest tokens (when temperature > 0); 0: no cut (with --top-p 1: "
+                "pure sampling)."})
     repetition_penalty: float = field(default=1.1, metadata={"help": ">1 discourages repeated tokens."})
     seed: int = field(default=0, metadata={"help": "Random seed for sampling."})
     toxicity: str = field(default="auto", metadata={
@@ -71,7 +74,7 @@ def main(config: EvaluateArgs) -> Path:
         reward_fn = build_reward(config.reward)
     settings = GenerationSettings(
         **{**asdict(default_settings(task, max_new_tokens=config.max_new_tokens)),
-           "temperature": config.temperature, "top_p": config.top_p,
+           "temperature": config.temperature, "top_p": config.top_p, "top_k": config.top_k,
            "repetition_penalty": config.repetition_penalty, "seed": config.seed})
     started = time.perf_counter()
     loaded = load_model(config.model)
