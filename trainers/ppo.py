@@ -19,9 +19,9 @@ the base with the adapter disabled, or with `--init-adapter` a frozen copy of th
 4. GAE advantages and returns; whiten the advantages;
 5. several epochs of shuffled minibatches: clipped surrogate + clipped value loss - entropy bonus,
    gradients synchronised across processes and clipped;
-6. move the KL coefficient toward its target (adaptive KL controller).
+6. move the KL coefficient toward its target (`rl_utils.AdaptiveKLController`, saved in checkpoints).
 
-The file follows that order: the options, the arithmetic of steps 3-6 as pure functions on
+The file follows that order: the options, the arithmetic of steps 3-5 as pure functions on
 `[batch, response_length]` tensors, the model, `rollout` (1-2), `update` (3-5), `train` (the loop).
 Dropout stays off throughout so the ratio compares the same network before and after updates.
 """
@@ -43,7 +43,15 @@ from trainers.common import lora_config, output_dir, run
 from trainers.lifecycle import Outcome, evaluate_before, evaluation_reward, finish, lora_model, policy_run
 from trainers.reward_functions import CombinedReward
 from trainers.rl_data import PromptBatcher, policy_prompt
-from trainers.rl_utils import RLArgs, entropy_of, logprobs_of, masked_mean, masked_var, task_and_reward
+from trainers.rl_utils import (
+    AdaptiveKLController,
+    RLArgs,
+    entropy_of,
+    logprobs_of,
+    masked_mean,
+    masked_var,
+    task_and_reward,
+)
 from trainers.training_data import load_prompt_data
 
 CURVES = ("reward", "kl", "kl_coef", "entropy", "value_loss", "clipfrac")
@@ -86,7 +94,7 @@ class PPOArgs(RLArgs):
                 (self.init_kl_coef >= 0 and self.kl_target >= 0, "KL coefficient and target must be >= 0.")]
 
 
-# The arithmetic (steps 3-6). Every per-token tensor is [batch, response_length]; `mask` is 1 on
+# The arithmetic (steps 3-5). Every per-token tensor is [batch, response_length]; `mask` is 1 on
 # response tokens up to and including the first end-of-sequence token, 0 on the padding after it.
 
 def per_token_rewards(scores: torch.Tensor, logprobs: torch.Tensor, ref_logprobs: torch.Tensor,
@@ -164,33 +172,6 @@ def value_loss(new_values: torch.Tensor, old_values: torch.Tensor, returns: torc
     with torch.no_grad():
         clipfrac = masked_mean((clipped_error > unclipped_error).float(), mask)
     return loss, clipfrac
-
-
-@dataclass
-class AdaptiveKLController:
-    """Adaptive KL coefficient (Ziegler et al. 2019): nudges the KL penalty toward `target`.
-
-    After each batch of `n_steps` sequences with mean KL `current`, the coefficient is
-    multiplied by 1 + clip(current / target - 1, -0.2, 0.2) * n_steps / horizon, so it rises
-    while the policy drifts further than the target and falls while it stays closer.
-    A `target` of None (or 0) keeps the coefficient fixed.
-    """
-
-    value: float
-    target: float | None = 6.0
-    horizon: int = 10000
-
-    def update(self, current: float, n_steps: int) -> float:
-        if self.target:
-            error = min(max(current / self.target - 1.0, -0.2), 0.2)
-            self.value *= 1.0 + error * n_steps / self.horizon
-        return self.value
-
-    def state_dict(self) -> dict[str, float | int | None]:
-        return {"value": self.value, "target": self.target, "horizon": self.horizon}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.value = float(state["value"])
 
 
 class PolicyWithValue(nn.Module):

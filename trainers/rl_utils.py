@@ -2,7 +2,8 @@
 
 Shared: the options and their checks (`RLArgs`, `task_and_reward`), loading a causal LM, and
 `--resume` naming a checkpoint. PPO's: small tensor helpers over masked responses, Accelerate
-set-up, per-step metrics (averaged over processes, logged to `metrics_log.jsonl`), checkpoints,
+set-up, per-step metrics (averaged over processes, logged to `metrics_log.jsonl`), the adaptive KL
+coefficient, checkpoints,
 and generation under distributed wrappers (DDP, DeepSpeed ZeRO-3, FSDP).
 
 Per-token tensors are `[batch, response_length]`; a `mask` is 1 on response tokens (up to and
@@ -175,8 +176,35 @@ def gathered_weights(accelerator: Any, model: Any) -> tuple[dict[str, Any], dict
             {k: v.detach().contiguous().cpu() for k, v in head.items()})
 
 
-def save_checkpoint(accelerator: Any, model: Any, optimizer: Any, kl_ctl: Any, history: list[dict[str, Any]],
-                    out: Path, step: int, *, keep: int) -> None:
+@dataclass
+class AdaptiveKLController:
+    """Adaptive KL coefficient (Ziegler et al. 2019): nudges the KL penalty toward `target`.
+
+    After each batch of `n_steps` sequences with mean KL `current`, the coefficient is
+    multiplied by 1 + clip(current / target - 1, -0.2, 0.2) * n_steps / horizon, so it rises
+    while the policy drifts further than the target and falls while it stays closer.
+    A `target` of None (or 0) keeps the coefficient fixed.
+    """
+
+    value: float
+    target: float | None = 6.0
+    horizon: int = 10000
+
+    def update(self, current: float, n_steps: int) -> float:
+        if self.target:
+            error = min(max(current / self.target - 1.0, -0.2), 0.2)
+            self.value *= 1.0 + error * n_steps / self.horizon
+        return self.value
+
+    def state_dict(self) -> dict[str, float | int | None]:
+        return {"value": self.value, "target": self.target, "horizon": self.horizon}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.value = float(state["value"])
+
+
+def save_checkpoint(accelerator: Any, model: Any, optimizer: Any, kl_ctl: AdaptiveKLController,
+                    history: list[dict[str, Any]], out: Path, step: int, *, keep: int) -> None:
     """Write `checkpoint-<step>` from the main process (every process must call this)."""
     from safetensors.torch import save_file
 
@@ -203,7 +231,8 @@ def save_checkpoint(accelerator: Any, model: Any, optimizer: Any, kl_ctl: Any, h
     accelerator.wait_for_everyone()
 
 
-def load_checkpoint(path: Path, model: Any, optimizer: Any, kl_ctl: Any, history: list[dict[str, Any]]) -> int:
+def load_checkpoint(path: Path, model: Any, optimizer: Any, kl_ctl: AdaptiveKLController,
+                    history: list[dict[str, Any]]) -> int:
     """Restore adapter, value head, optimizer, KL coefficient and history; return the step to start at."""
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
