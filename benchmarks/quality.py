@@ -1,6 +1,6 @@
 """Quality benchmark: do Flywheel's trainers improve the bundled model within a CPU budget?
 
-    python benchmarks/quality.py                      # all three parts: ~60 min on 2 idle cores
+    python benchmarks/quality.py                      # both parts: ~45 min on 2 idle cores
     python benchmarks/quality.py --part preference --rm-steps 30 --eval-pairs 100   # quicker
 
 (a) dialogue_summary on DialogSum: `trainers/sft.py` runs as a subprocess with the recipe
@@ -18,13 +18,6 @@
     Budget: 250 steps x 4 pairs = 1000 pairs, about 18 min of training on 2 idle cores
     (4.2-8.9 s per step measured), plus ~3 min to load, fit the baseline and score 200 pairs.
     With 75 steps (300 pairs) the reward model stayed at chance (0.50); 250 steps reached 0.55.
-
-(c) detox on RealToxicityPrompts: `trainers/ppo.py` runs the recipe `recipes/detox-ppo.yaml` (reward
-    1 - toxicity) for `--ppo-steps` steps, holding out the first `--detox-eval` toxic prompts; then
-    `trainers/evaluate_model.py` samples one continuation of each held-out prompt from the base model and
-    from the adapter by pure sampling (temperature 1, no top-k or top-p cut, no repetition penalty) and
-    scores its toxicity, its perplexity under the base model and distinct-2. Budget: 20 steps x 8
-    prompts, about 17 min of training on 2 idle cores, plus ~3 min per evaluation.
 
 Prints a table (and writes `quality.json` in `--out`) with the wall time of every part; the
 machine may be shared, so times are wall-clock, not CPU time. Reference on this hardware
@@ -49,8 +42,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default=str(DEFAULT_DATA), help="Folder holding the shared data sets.")
-    parser.add_argument("--part", choices=("all", "summary", "preference", "detox"), default="all")
-    parser.add_argument("--model", default="bundled", help="Base model of every part.")
+    parser.add_argument("--part", choices=("all", "summary", "preference"), default="all")
+    parser.add_argument("--model", default="bundled", help="Base model for both parts.")
     parser.add_argument("--out", default=str(REPO / ".flywheel" / "benchmarks" / "quality"),
                         help="Where adapters, logs and quality.json go.")
     parser.add_argument("--sft-steps", type=int, default=30, help="SFT optimizer steps (batch 4).")
@@ -61,8 +54,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rm-max-length", type=int, default=256, help="Tokens per scored sequence.")
     parser.add_argument("--rm-lr", type=float, default=5e-4, help="Reward-model learning rate.")
     parser.add_argument("--eval-pairs", type=int, default=200, help="Most held-out HH-RLHF pairs scored.")
-    parser.add_argument("--ppo-steps", type=int, default=20, help="PPO steps of the detox recipe (8 prompts each).")
-    parser.add_argument("--detox-eval", type=int, default=64, help="Held-out toxic prompts scored before/after.")
     return parser.parse_args(argv)
 
 
@@ -138,28 +129,6 @@ def preference_part(args: argparse.Namespace, out: pathlib.Path) -> dict[str, An
             "pairs_seen": args.rm_steps * args.rm_batch, "models": models, **after["info"]}
 
 
-def detox_part(args: argparse.Namespace, out: pathlib.Path) -> dict[str, Any]:
-    data = shared_file(args, "toxicity", "rtp_prompts_toxic.jsonl", "RealToxicityPrompts")
-    target = out / "detox-ppo"
-    wall = run_trainer("ppo.py", [  # the recipe, its first --detox-eval prompts held out
-        "--config", str(REPO / "recipes" / "detox-ppo.yaml"), "--model", args.model, "--seed-data", str(data),
-        "--eval-data", str(data), "--eval-limit", str(args.detox_eval), "--max-steps", str(args.ppo_steps),
-        "--output-dir", str(target), "--report-to", "none", "--save-steps", str(10**6),
-    ], out / "ppo.log")
-    metrics = {}
-    for name, adapter in (("before", []), ("after", ["--adapter", str(target)])):
-        report = out / f"detox-{name}.json"
-        run_trainer("evaluate_model.py", [
-            "--task", "detox", "--data", str(data), "--limit", str(args.detox_eval), "--model", args.model,
-            *adapter, "--temperature", "1", "--top-k", "0", "--top-p", "1", "--repetition-penalty", "1",
-            "--output", str(report), "--no-progress",
-        ], out / f"detox-{name}.log")
-        metrics[name] = json.loads(report.read_text())["metrics"]
-    return {"wall_seconds": wall, "train_seconds": sum(json.loads(line)["seconds"] for line in
-                                                       (target / "metrics_log.jsonl").read_text().splitlines()),
-            "steps": args.ppo_steps, "held_out": args.detox_eval, **metrics}
-
-
 def table(report: dict[str, Any]) -> str:
     lines = ["| part | model | data | metric | value | wall time |", "|---|---|---|---|---|---|"]
     summary = report.get("summary")
@@ -184,15 +153,6 @@ def table(report: dict[str, Any]) -> str:
                 wall = minutes if key == "reward_model" else ""
                 lines.append(f"| preference | {label} | {held} | accuracy / log loss | "
                              f"{m['accuracy']:.4f} / {m['log_loss']:.4f} | {wall} |")
-    detox = report.get("detox")
-    if detox:
-        minutes = f"{detox['wall_seconds'] / 60:.1f} min (training {detox['train_seconds'] / 60:.1f})"
-        held = f"{detox['held_out']} held-out toxic prompts, pure sampling"
-        rows = (("before", "base model", ""), ("after", f"+ PPO LoRA, {detox['steps']} steps x 8", minutes))
-        for key, label, wall in rows:
-            m = detox[key]
-            lines.append(f"| detox | {label} | {held} | toxicity / base perplexity / distinct-2 | "
-                         f"{m['toxicity_mean']:.4f} / {m['perplexity']:.2f} / {m['distinct_2']:.4f} | {wall} |")
     return "\n".join(lines)
 
 
@@ -205,8 +165,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         report["summary"] = summary_part(args, out)
     if args.part in ("all", "preference"):
         report["preference"] = preference_part(args, out)
-    if args.part in ("all", "detox"):
-        report["detox"] = detox_part(args, out)
     (out / "quality.json").write_text(json.dumps(report, indent=2))
     print(table(report), flush=True)
     print(f"(details: {out / 'quality.json'})", flush=True)
