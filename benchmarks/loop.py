@@ -111,7 +111,10 @@ class App:
         env = {**os.environ, "FLYWHEEL_HOME": str(home), "FLYWHEEL_MODEL": model, "GRADIO_SERVER_PORT": str(port),
                "GRADIO_SERVER_NAME": "127.0.0.1", "FLYWHEEL_POLL_SECONDS": str(poll),
                "FLYWHEEL_ADAPTERS": ",".join(f"{task}={repo}" for task, repo in repos.items()),
-               "FLYWHEEL_LIMITS": "generation=off,generation-per-ip=off,feedback=off,feedback-per-ip=off"}
+               "FLYWHEEL_LIMITS": "generation=off,generation-per-ip=off,feedback=off,feedback-per-ip=off",
+               # The study measures what the model learns: the guard would withhold its toxic outputs from
+               # the rater (no ticket to rate) and from the judge (a refusal message scores as harmless).
+               "FLYWHEEL_GUARD": "off"}
         self.log = (home / "app.log").open("w")
         self.process = subprocess.Popen([sys.executable, str(ROOT / "spaces" / "app.py")], env=env,
                                         stdout=self.log, stderr=subprocess.STDOUT)

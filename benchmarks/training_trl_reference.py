@@ -21,6 +21,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from trainers.common import lora_config
+
 METHODS = {"sft": "SFTArgs", "dpo": "DPOArgs", "kto": "KTOArgs", "reward": "RewardArgs"}
 
 
@@ -44,18 +46,6 @@ def common_args(config: Any, out: Path) -> dict[str, Any]:
                 logging_steps=1, report_to=[], save_strategy="no", use_cpu=True, bf16=False)
 
 
-def lora(config: Any, task_type: str, layers: list[int] | None = None) -> Any:
-    from peft import LoraConfig
-
-    targets = config.lora_target_modules
-    if targets != "all-linear":
-        targets = [name.strip() for name in targets.split(",") if name.strip()]
-    elif layers:  # PEFT needs module names to restrict LoRA to some blocks
-        targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-    return LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
-                      target_modules=targets, task_type=task_type, layers_to_transform=layers)
-
-
 def policy_trainer(method: str, config: Any, out: Path) -> Any:
     """SFT, DPO or KTO: TRL's trainer on the base model and the rows Flywheel's data pipeline builds."""
     import trl
@@ -73,7 +63,7 @@ def policy_trainer(method: str, config: Any, out: Path) -> Any:
                                    "kto": (trl.KTOConfig, trl.KTOTrainer)}[method]
     return trainer_class(model=policy.loaded.model, args=config_class(**common_args(config, out), **extra),
                          train_dataset=policy.data.train, processing_class=policy.loaded.tokenizer,
-                         peft_config=lora(config, "CAUSAL_LM"))
+                         peft_config=lora_config(config, task_type="CAUSAL_LM", model=policy.loaded.model))
 
 
 def reward_trainer(config: Any, out: Path) -> Any:
@@ -89,9 +79,7 @@ def reward_trainer(config: Any, out: Path) -> Any:
     model, tokenizer, _ = load_reward_base(config.model)
     pairs = collect_pairs(config, get_task(config.task))
     rows = training_rows(pairs.train, tokenizer, config)
-    blocks = model.config.num_hidden_layers
-    layers = list(range(blocks - config.lora_layers, blocks)) if config.lora_layers else None
-    peft_config = lora(config, "SEQ_CLS", layers)
+    peft_config = lora_config(config, task_type="SEQ_CLS", model=model)  # the same LoRA as ours, --lora-layers too
     peft_config.modules_to_save = ["score"]
     args = RewardConfig(**common_args(config, out), max_length=None,
                         center_rewards_coefficient=config.center_rewards or None)

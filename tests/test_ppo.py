@@ -102,18 +102,25 @@ def lora_tensors(path: Path) -> dict[str, Any]:
     return {k: v for k, v in load_file(str(path)).items() if "lora_" in k}
 
 
-def test_forward_pass_reproduces_the_logits_and_values_of_generate(learnable_lm: Path) -> None:
+@pytest.mark.parametrize("top_blocks", [None, 1], ids=["lora-everywhere", "lora-on-the-top-block"])
+def test_forward_pass_reproduces_the_logits_and_values_of_generate(learnable_lm: Path, top_blocks: int | None) -> None:
     """Left-padded prompts of different lengths: the training forward must see what generate saw, so the
-    rollout may take its old logprobs and values from `generate`'s own outputs."""
+    rollout may take its old logprobs and values from `generate`'s own outputs. With LoRA on the top block
+    only, the forward from the frozen block's output (`boundary`) gives the same logits, values, reference
+    logits and gradients as the whole network."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from trainers.common import top_block_linears
+
     tokenizer = AutoTokenizer.from_pretrained(learnable_lm)
     tokenizer.padding_side = "left"
     base = AutoModelForCausalLM.from_pretrained(learnable_lm)
-    config = LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False)
+    targets = "all-linear" if top_blocks is None else top_block_linears(base, top_blocks, "all-linear")
+    config = LoraConfig(r=4, lora_alpha=8, target_modules=targets, init_lora_weights=False)
     model = ppo.PolicyWithValue(get_peft_model(base, config)).eval()
+    assert model.frozen_blocks == (0 if top_blocks is None else 1)
     torch.nn.init.normal_(model.value_head.weight)  # the head starts at zero: give the values something to show
     encoded = tokenizer(["Hello", "Write a tweet about advice for small business owners"], return_tensors="pt",
                         padding=True)
@@ -124,10 +131,27 @@ def test_forward_pass_reproduces_the_logits_and_values_of_generate(learnable_lm:
                                           output_hidden_states=True, return_dict_in_generate=True)
         attention = torch.cat([encoded["attention_mask"], torch.ones(2, 5, dtype=torch.long)], dim=1)
         logits, values = model(generated.sequences, attention, 5)
-        generation_logits, generation_values = model.generation_outputs(generated)
+        generation_logits, generation_values, boundary = model.generation_outputs(generated)
     assert torch.allclose(logits, generation_logits, atol=1e-4)
     assert values.shape == (2, 5) and values.abs().min() > 1e-3
     assert torch.allclose(values, generation_values, atol=1e-4)
+    if top_blocks is None:
+        assert boundary is None
+        return
+    assert boundary.shape == (2, generated.sequences.shape[1] - 1, 32)
+    gradients = []
+    for cached in (None, boundary):
+        model.zero_grad()
+        new_logits, new_values = model(generated.sequences, attention, 5, boundary=cached)
+        assert torch.allclose(new_logits, logits, atol=1e-4) and torch.allclose(new_values, values, atol=1e-4)
+        (new_logits.logsumexp(-1).sum() + new_values.sum()).backward()
+        gradients.append([p.grad.clone() for p in model.parameters() if p.requires_grad])
+        with torch.no_grad(), model.policy.disable_adapter():
+            reference = model(generated.sequences, attention, 5, with_values=False, boundary=cached)[0]
+        assert not torch.allclose(reference, logits, atol=1e-3)
+        gradients.append([reference])
+    full, cached = gradients[0] + gradients[1], gradients[2] + gradients[3]
+    assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-4) for a, b in zip(full, cached, strict=True))
 
 
 def test_checkpointed_layers_give_the_same_gradients_and_keep_fewer_activations(learnable_lm: Path) -> None:
@@ -165,12 +189,14 @@ def test_checkpointed_layers_give_the_same_gradients_and_keep_fewer_activations(
     assert checkpointed[2] < plain[2] / 2
 
 
-def test_reward_rises_and_the_kl_controller_follows_its_target(learnable_lm: Path, tmp_path: Path,
+@pytest.mark.parametrize("lora_layers", [0, 1], ids=["lora-everywhere", "lora-on-the-top-block"])
+def test_reward_rises_and_the_kl_controller_follows_its_target(learnable_lm: Path, tmp_path: Path, lora_layers: int,
                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """With `--lora-layers 1` the update runs only the top block, from the bottom block's rollout output."""
     out = tmp_path / "out"
     argv = options(learnable_lm, rtp_file(tmp_path / "rtp.jsonl"), out, **{
         "max-steps": 8, "per-device-train-batch-size": 8, "learning-rate": 1e-2, "kl-target": 0.5,
-        "kl-horizon": 200, "save-steps": 5})
+        "kl-horizon": 200, "save-steps": 5, "lora-layers": lora_layers})
 
     code, _, err = train(ppo.main, ppo.PPOArgs, argv, capsys)
 
@@ -189,6 +215,8 @@ def test_reward_rises_and_the_kl_controller_follows_its_target(learnable_lm: Pat
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-5", "checkpoint-8"]
     assert (out / "checkpoint-8" / "value_head.safetensors").exists()
     assert (out / "adapter_model.safetensors").exists() and not (out / "value_head.safetensors").exists()
+    targets = json.loads((out / "adapter_config.json").read_text())["target_modules"]
+    assert all(".layers.1." in name for name in targets) if lora_layers else targets
     assert (out / "training_curves.png").exists()
     assert "reward=" in err and "kl=" in err  # the progress bar and the per-step log line
 

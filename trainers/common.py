@@ -45,6 +45,10 @@ class TrainingOptions:
     max_length: int = field(default=512, metadata={"help": "Longest training sequence, in tokens."})
     lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
     lora_alpha: int = field(default=32, metadata={"help": "LoRA scaling numerator (scale = alpha / r)."})
+    lora_layers: int = field(default=0, metadata={
+        "help": "Put LoRA only on the top N transformer blocks (0: all). The backward pass then stops at the "
+                "lowest adapted block, and PPO runs the frozen blocks below it once per rollout instead of in "
+                "every update: about 2x faster training on CPU with N = a quarter to a half of the blocks."})
     seed: int = field(default=42, metadata={"help": "Random seed for data order, LoRA init and sampling."})
 
 
@@ -199,15 +203,44 @@ def output_dir(config: TrainerArgs, method: str) -> Path:
     return path
 
 
-def lora_config(config: TrainerArgs, *, task_type: str) -> Any:
-    """The PEFT LoRA config built from the common options (`CAUSAL_LM`, `SEQ_2_SEQ_LM`, `SEQ_CLS`)."""
+def lora_config(config: TrainerArgs, *, task_type: str, model: Any = None) -> Any:
+    """The PEFT LoRA config built from the common options (`CAUSAL_LM`, `SEQ_2_SEQ_LM`, `SEQ_CLS`).
+
+    `--lora-layers N` names the linear layers of `model`'s top N blocks as the targets, so it needs the model.
+    """
     from peft import LoraConfig
 
     targets: str | list[str] = config.lora_target_modules
-    if targets != "all-linear":
+    if config.lora_layers < 0:
+        raise InvalidInput("--lora-layers cannot be negative.")
+    if config.lora_layers:
+        if model is None:
+            raise FlywheelError("--lora-layers needs the model to find its top blocks.")
+        targets = top_block_linears(model, config.lora_layers, config.lora_target_modules)
+    elif targets != "all-linear":
         targets = [name.strip() for name in targets.split(",") if name.strip()]
     return LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
                       target_modules=targets, task_type=task_type)
+
+
+def top_block_linears(model: Any, blocks: int, wanted: str) -> list[str]:
+    """Names of the linear layers in the model's last `blocks` transformer blocks (its longest ModuleList)."""
+    import torch
+    from transformers.pytorch_utils import Conv1D
+
+    lists = [(name, m) for name, m in model.named_modules() if isinstance(m, torch.nn.ModuleList)]
+    if not lists:
+        raise FlywheelError("--lora-layers: cannot find this model's transformer blocks.")
+    prefix, layers = max(lists, key=lambda item: len(item[1]))
+    names = None if wanted == "all-linear" else {n.strip() for n in wanted.split(",") if n.strip()}
+    targets = []
+    for index in range(max(0, len(layers) - blocks), len(layers)):
+        for name, module in layers[index].named_modules():
+            if isinstance(module, (torch.nn.Linear, Conv1D)) and (names is None or name.split(".")[-1] in names):
+                targets.append(f"{prefix}.{index}.{name}")
+    if not targets:
+        raise FlywheelError(f"--lora-layers {blocks}: no {wanted} layers found in the top blocks.")
+    return targets
 
 
 def cpu_safe_training_args(config: TrainerArgs, out: Path) -> dict[str, Any]:

@@ -131,7 +131,7 @@ def lora_inputs(config: PolicyArgs, loaded: LoadedModel) -> dict[str, Any]:
     """
     if config.init_adapter:
         return {"model": lora_model(config, loaded, task_type="CAUSAL_LM")}
-    return {"model": loaded.model, "peft_config": lora_config(config, task_type="CAUSAL_LM")}
+    return {"model": loaded.model, "peft_config": lora_config(config, task_type="CAUSAL_LM", model=loaded.model)}
 
 
 def lora_model(config: PolicyArgs, loaded: LoadedModel, *, task_type: str, lora: Any | None = None,
@@ -148,7 +148,7 @@ def lora_model(config: PolicyArgs, loaded: LoadedModel, *, task_type: str, lora:
     from peft import PeftModel, get_peft_model
 
     if not config.init_adapter:
-        return get_peft_model(loaded.model, lora or lora_config(config, task_type=task_type))
+        return get_peft_model(loaded.model, lora or lora_config(config, task_type=task_type, model=loaded.model))
     from hub.repos import AdapterSpec, resolve_adapter
     from serving.adapters import validate_adapter
 

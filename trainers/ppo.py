@@ -22,7 +22,9 @@ the base with the adapter disabled, or with `--init-adapter` a frozen copy of th
 6. move the KL coefficient toward its target (`rl_utils.AdaptiveKLController`, saved in checkpoints).
 
 The file follows that order: the options, the arithmetic of steps 3-5 as pure functions on
-`[batch, response_length]` tensors, the model, `rollout` (1-2), `update` (3-5), `train` (the loop).
+`[batch, response_length]` tensors, `rollout` (1-2), `update` (3-5), `train` (the loop). The model
+is `trainers.policy_value.PolicyWithValue`: with `--lora-layers N` it runs the frozen blocks below
+the adapter once per rollout, not in every update epoch.
 Dropout stays off throughout so the ratio compares the same network before and after updates.
 """
 
@@ -33,7 +35,6 @@ from typing import Any
 
 import torch
 from accelerate.utils import set_seed
-from torch import nn
 from tqdm.auto import tqdm
 from transformers import GenerationConfig
 
@@ -41,6 +42,7 @@ from tasks import Task
 from trainers import lifecycle, rl_utils
 from trainers.common import lora_config, output_dir, run
 from trainers.lifecycle import Outcome, evaluate_before, evaluation_reward, finish, lora_model, policy_run
+from trainers.policy_value import PolicyWithValue
 from trainers.reward_functions import CombinedReward
 from trainers.rl_data import PromptBatcher, policy_prompt
 from trainers.rl_utils import (
@@ -174,66 +176,6 @@ def value_loss(new_values: torch.Tensor, old_values: torch.Tensor, returns: torc
     return loss, clipfrac
 
 
-class PolicyWithValue(nn.Module):
-    """The LoRA policy and a linear value head on its last hidden state: one backbone, one forward."""
-
-    def __init__(self, policy: Any) -> None:
-        super().__init__()
-        self.policy = policy
-        hidden = policy.get_base_model().config.get_text_config().hidden_size
-        self.value_head = nn.Linear(hidden, 1)
-        nn.init.zeros_(self.value_head.weight)
-        nn.init.zeros_(self.value_head.bias)
-
-    def checkpoint_layers(self, every_n_layers: int = 1) -> bool:
-        """Recompute the activations of every `every_n_layers`-th decoder layer in backward passes (rollouts
-        have no gradients: unaffected).
-
-        transformers checkpoints only layers in training mode; PPO keeps every module in eval mode (no
-        dropout), so only the layers' own flags are set. False: the model has no checkpointable layers.
-        """
-        from transformers.modeling_layers import GradientCheckpointingLayer
-
-        base = self.policy.get_base_model()
-        if not getattr(base, "supports_gradient_checkpointing", False):
-            return False
-        base.activation_checkpointing_enable({"use_reentrant": False}, every_n_layers=every_n_layers)
-        base.disable_input_require_grads()  # only the reentrant variant needs inputs that require grad
-        layers = [module for module in base.modules() if isinstance(module, GradientCheckpointingLayer)]
-        for layer in layers:
-            layer.training = True  # not .train(): that would switch on its dropout submodules too
-        return bool(layers)
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_length: int,
-                with_values: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Logits predicting each of the last `response_length` tokens, and the value of the state before it.
-
-        Position ids follow the left padding exactly as `generate` numbers them.
-        """
-        position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-        out = self.policy(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                          output_hidden_states=with_values, logits_to_keep=response_length + 1, use_cache=False)
-        logits = out.logits[:, -(response_length + 1):-1]
-        if not with_values:
-            return logits, None
-        return logits, self.values_of(out.hidden_states[-1][:, -(response_length + 1):-1])
-
-    def values_of(self, hidden: torch.Tensor) -> torch.Tensor:
-        """The value of each state, from the backbone's last hidden state ([batch, length, hidden])."""
-        return self.value_head(hidden.to(self.value_head.weight.dtype)).squeeze(-1)
-
-    def generation_outputs(self, generated: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        """The logits and values `forward` would give for the response of a `generate` call that returned
-        its logits and hidden states: `generate` already ran the policy over every prompt and response token.
-
-        Step 0 of `generated.hidden_states` holds the whole prompt (its last position is the state before
-        the first response token); each later step holds the one token generated before it.
-        """
-        steps = generated.hidden_states
-        hidden = torch.cat([steps[0][-1][:, -1:], *(step[-1] for step in steps[1:])], dim=1)
-        return torch.stack(generated.logits, dim=1), self.values_of(hidden)
-
-
 @dataclass
 class Rollout:
     """One batch of responses and what PPO needs to know about them (per-token tensors masked)."""
@@ -247,6 +189,7 @@ class Rollout:
     values: torch.Tensor
     scores: torch.Tensor
     reward_parts: dict[str, list[float]]
+    boundary: torch.Tensor | None  # the frozen blocks' output (`PolicyWithValue.generation_outputs`)
 
 
 def rollout(accelerator: Any, model: Any, tokenizer: Any, task: Task, reward: CombinedReward,
@@ -270,15 +213,15 @@ def rollout(accelerator: Any, model: Any, tokenizer: Any, task: Task, reward: Co
         responses = sequences[:, prompt_ids.shape[1]:]
         mask = rl_utils.response_mask(responses, eos_ids)
         attention = torch.cat([prompt_mask, torch.ones_like(responses)], dim=1)
-        logits, values = unwrapped.generation_outputs(generated)  # no second policy forward
+        logits, values, boundary = unwrapped.generation_outputs(generated)  # no second policy forward
         with lifecycle.reference_policy(unwrapped.policy):
-            ref_logits, _ = unwrapped(sequences, attention, responses.shape[1], with_values=False)
+            ref_logits, _ = unwrapped(sequences, attention, responses.shape[1], with_values=False, boundary=boundary)
     kept = [row[:int(n)] for row, n in zip(responses, mask.sum(1), strict=True)]
     scores, parts = reward.score(prompts, tokenizer.batch_decode(kept, skip_special_tokens=True))
     return Rollout(sequences=sequences, attention=attention, responses=responses, mask=mask,
                    logprobs=logprobs_of(logits / config.temperature, responses) * mask,
                    ref_logprobs=logprobs_of(ref_logits / config.temperature, responses) * mask,
-                   values=values * mask, reward_parts=parts,
+                   values=values * mask, reward_parts=parts, boundary=boundary,
                    scores=torch.tensor(scores, dtype=torch.float32, device=accelerator.device))
 
 
@@ -297,7 +240,8 @@ def update(accelerator: Any, model: Any, optimizer: Any, roll: Rollout, config: 
         order = torch.randperm(size)  # the global RNG is seeded per step
         for idx in order.split(size // config.num_mini_batches):
             mask = roll.mask[idx]
-            logits, values = model(roll.sequences[idx], roll.attention[idx], length)
+            boundary = roll.boundary[idx] if roll.boundary is not None else None
+            logits, values = model(roll.sequences[idx], roll.attention[idx], length, boundary=boundary)
             # One log-softmax over the vocabulary serves the ratio and the entropy (it is the memory peak).
             log_probs = torch.log_softmax(logits.float() / config.temperature, dim=-1)
             new_logprobs = log_probs.gather(-1, roll.responses[idx].unsqueeze(-1)).squeeze(-1)
@@ -336,7 +280,7 @@ def train(config: PPOArgs, task: Task, reward: CombinedReward) -> Outcome | None
                           reward_fn=evaluation_reward(config) or reward)  # the reward is reported before/after
     evaluate_before(training)
 
-    lora = lora_config(config, task_type="CAUSAL_LM")
+    lora = lora_config(config, task_type="CAUSAL_LM", model=loaded.model)
     lora.lora_dropout = 0.0  # the PPO ratio must compare one and the same network
     policy = lora_model(config, loaded, task_type="CAUSAL_LM", lora=lora, reference=True)
     lora = policy.peft_config["default"]  # --init-adapter brings its own rank and targets

@@ -36,7 +36,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hub.errors import FlywheelError
 from serving.reward_models import RewardModel, encode, load_reward_base
 from tasks import SLUGS, InvalidInput, get_task
 from tasks.preference_baseline import PreferenceBaseline, preference_metrics
@@ -77,9 +76,6 @@ class RewardArgs(TrainerArgs):
         "help": "Two rated completions whose rewards (0..1) differ by less than this form a tie."})
     max_pairs_per_prompt: int = field(default=16, metadata={
         "help": "Most pairs made from the rated completions of one prompt (widest reward gaps first)."})
-    lora_layers: int = field(default=0, metadata={
-        "help": "Put LoRA only on the top N transformer blocks (0: all). The backward pass then stops at "
-                "the lowest adapted block: about 2x faster training on CPU with N = a quarter of the blocks."})
     center_rewards: float = field(default=0.01, metadata={
         "help": "Weight of the mean-zero reward penalty (TRL center_rewards_coefficient; 0 turns it off)."})
     baseline: bool = field(default=True, metadata={
@@ -93,8 +89,8 @@ def check_options(config: RewardArgs) -> None:
         raise InvalidInput("--eval-fraction must be at least 0 and below 1.")
     if config.min_rows < 1 or config.max_length < 16 or config.max_pairs_per_prompt < 1:
         raise InvalidInput("--min-rows, --max-pairs-per-prompt must be positive; --max-length at least 16.")
-    if config.rating_margin < 0 or config.center_rewards < 0 or config.lora_layers < 0:
-        raise InvalidInput("--rating-margin, --center-rewards and --lora-layers cannot be negative.")
+    if config.rating_margin < 0 or config.center_rewards < 0:
+        raise InvalidInput("--rating-margin and --center-rewards cannot be negative.")
 
 
 def main(config: RewardArgs) -> Outcome | None:
@@ -143,32 +139,10 @@ def build_trainer(config: RewardArgs, model: Any, tokenizer: Any, rows: list[dic
 
     args = RewardConfig(**trl_args(config, out, max_length=None,
                                    center_rewards_coefficient=config.center_rewards or None))
-    peft_config = lora_config(config, task_type="SEQ_CLS")
+    peft_config = lora_config(config, task_type="SEQ_CLS", model=model)
     peft_config.modules_to_save = ["score"]
-    if config.lora_layers:
-        peft_config.target_modules = top_block_linears(model, config.lora_layers, config.lora_target_modules)
     return RewardTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows),
                          processing_class=tokenizer, peft_config=peft_config)
-
-
-def top_block_linears(model: Any, blocks: int, wanted: str) -> list[str]:
-    """Names of the linear layers in the model's last `blocks` transformer blocks (its longest ModuleList)."""
-    import torch
-    from transformers.pytorch_utils import Conv1D
-
-    lists = [(name, m) for name, m in model.named_modules() if isinstance(m, torch.nn.ModuleList)]
-    if not lists:
-        raise FlywheelError("--lora-layers: cannot find this model's transformer blocks.")
-    prefix, layers = max(lists, key=lambda item: len(item[1]))
-    names = None if wanted == "all-linear" else {n.strip() for n in wanted.split(",") if n.strip()}
-    targets = []
-    for index in range(max(0, len(layers) - blocks), len(layers)):
-        for name, module in layers[index].named_modules():
-            if isinstance(module, (torch.nn.Linear, Conv1D)) and (names is None or name.split(".")[-1] in names):
-                targets.append(f"{prefix}.{index}.{name}")
-    if not targets:
-        raise FlywheelError(f"--lora-layers {blocks}: no {wanted} layers found in the top blocks.")
-    return targets
 
 
 @dataclass

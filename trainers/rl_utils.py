@@ -3,8 +3,7 @@
 Shared: the options and their checks (`RLArgs`, `task_and_reward`), loading a causal LM, and
 `--resume` naming a checkpoint. PPO's: small tensor helpers over masked responses, Accelerate
 set-up, per-step metrics (averaged over processes, logged to `metrics_log.jsonl`), the adaptive KL
-coefficient, checkpoints,
-and generation under distributed wrappers (DDP, DeepSpeed ZeRO-3, FSDP).
+coefficient, checkpoints, and generation under distributed wrappers (DDP, DeepSpeed ZeRO-3, FSDP).
 
 Per-token tensors are `[batch, response_length]`; a `mask` is 1 on response tokens (up to and
 including the first end-of-sequence token) and 0 on the padding after it.
