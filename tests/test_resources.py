@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import gc
 import time
 
 from trainers.resources import ResourceMeter
 
 
 def test_the_peak_is_found_in_the_phase_that_reached_it() -> None:
-    # The pytest worker may still hold an earlier test's models as cyclic garbage: freed during this test,
-    # it would leave the "loading" phase with the highest resident memory.
-    gc.collect()
     meter = ResourceMeter().start()
+    # A fresh meter gives "loading" the process's high-water mark so far: in a pytest worker that is an
+    # earlier test's models (it failed so after the PPO tests). restart(): only new highs count, as in a run.
+    meter.restart()
     meter.enter("evaluation")
     meter.enter("training")
     block = b"\x01" * (400 * 2**20)  # touched pages: 400 MB more resident
