@@ -73,14 +73,15 @@ class PolicyWithValue(nn.Module):
 
         length = hidden.shape[1]  # the sequence without its last token, which predicts nothing we train
         attention_mask, position_ids = attention_mask[:, :length], position_ids[:, :length]
-        decoder = self.policy.get_base_model().model
+        base = self.policy.get_base_model()
+        decoder = base.model
         mask = create_causal_mask(config=decoder.config, inputs_embeds=hidden, attention_mask=attention_mask,
                                   cache=None, position_ids=position_ids)
         rotary = decoder.rotary_emb(hidden, position_ids=position_ids)
         for block in decoder.layers[self.frozen_blocks:]:
             hidden = block(hidden, attention_mask=mask, position_embeddings=rotary, position_ids=position_ids)
         last = decoder.norm(hidden[:, -response_length:])
-        logits = self.policy.get_base_model().lm_head(last)
+        logits = base.lm_head(last)
         return logits, self.values_of(last) if with_values else None
 
     def values_of(self, hidden: torch.Tensor) -> torch.Tensor:
