@@ -3,13 +3,18 @@
     python benchmarks/generation.py                             # bundled model, 1/4/8/16 users
     python benchmarks/generation.py --users 1,2 --tokens 8 --requests 1 --startup   # a quick check
 
-Bare `model.generate` first: batch 1 over every prompt (its greedy answers are the reference),
-then batch 8 (left-padded, as a batch job would run). Then the app (`python -m demos`, quotas
-off) is started in its own process and, for each number of users U, U gradio_client clients
-send `--requests` greedy `generate_tweet` calls each, all at once. Printed: aggregate tokens/s
-(tokens of the answers received / wall time), p50/p95 latency of a call, and how many answers
-differ from batch-1 `generate` (batched float arithmetic can flip a greedy near-tie). One user's
-calls are also compared with batch-1 `generate` on the same prompts (tokens / seconds in the call).
+The machine's own speed drifts (bare batch-8 `generate` has moved by 15-30 % between two runs a
+minute apart on the 2-core VM), so every measurement is repeated in `--rounds` rounds, and a ratio
+is only taken between two measurements of the same round. Each round runs bare `model.generate`
+first: batch 1 over every prompt (the first round's greedy answers are the reference), then batch 8
+(left-padded, as a batch job would run). Then, in the app (`python -m demos`, quotas off, started
+once in its own process), for each number of users U, U gradio_client clients send `--requests`
+greedy `generate_tweet` calls each, all at once. Printed per measurement: aggregate tokens/s
+(tokens of the answers received / wall time), p50/p95 latency of a call, how many answers differ
+from batch-1 `generate` (batched float arithmetic can flip a greedy near-tie), and the CPU the
+clients themselves used (they share the machine's cores with the app). Then per round: the most
+users not above 8 against bare batch 8 of the same round, and one user's calls against batch-1
+`generate` on the same prompts (tokens / seconds in the call); with their medians.
 `--startup` adds cold start (GGUF conversion) vs cached start.
 """
 
@@ -19,7 +24,9 @@ import argparse
 import dataclasses
 import math
 import os
+import resource
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -110,8 +117,15 @@ def start_app(args: argparse.Namespace, home: Path) -> tuple[subprocess.Popen, s
             time.sleep(1)
 
 
-def run_users(url: str, users: int, requests: int, settings: list[Any]) -> tuple[float, list[float], list[tuple]]:
-    """Wall seconds, per-call latencies and (prompt index, answer) of `users` clients calling at once."""
+def own_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def run_users(url: str, users: int, requests: int,
+              settings: list[Any]) -> tuple[float, float, list[float], list[tuple[int, str]]]:
+    """Wall seconds, CPU seconds of this process (the clients), per-call latencies and (prompt index,
+    answer) of `users` clients calling at once."""
     from gradio_client import Client
 
     clients = [Client(url, verbose=False) for _ in range(users)]
@@ -136,10 +150,10 @@ def run_users(url: str, users: int, requests: int, settings: list[Any]) -> tuple
     for thread in threads:
         thread.start()
     ready.wait()
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), own_cpu_seconds()
     for thread in threads:
         thread.join()
-    return time.perf_counter() - start, latencies, answers
+    return time.perf_counter() - start, own_cpu_seconds() - cpu, latencies, answers
 
 
 def startup(model: str) -> list[tuple[str, float]]:
@@ -162,6 +176,8 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=64, help="max_new_tokens of every call (greedy)")
     parser.add_argument("--users", default="1,4,8,16", help="comma-separated numbers of concurrent users")
     parser.add_argument("--requests", type=int, default=2, help="calls each user makes, one after another")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="times every measurement is repeated; ratios are taken within a round")
     parser.add_argument("--repetition-penalty", type=float, default=1.0)
     parser.add_argument("--concurrency", type=int, default=16, help="the app's --concurrency")
     parser.add_argument("--stream-every", type=float, default=STREAM_EVERY, help="the app's --stream-every")
@@ -175,46 +191,64 @@ def main() -> None:
     engine = Engine(load_model(args.model, dtype=args.dtype))
     print(f"model={args.model} dtype={args.dtype} greedy max_new_tokens={args.tokens} "
           f"repetition_penalty={args.repetition_penalty} threads={torch.get_num_threads()} "
-          f"requests/user={args.requests}\n")
-    print("| path | concurrent | calls | tokens/s (aggregate) | p50 latency (s) | p95 latency (s) | "
-          "answers unlike batch-1 generate |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+          f"requests/user={args.requests} rounds={args.rounds}\n")
+    print("| round | path | concurrent | calls | tokens/s (aggregate) | p50 latency (s) | p95 latency (s) | "
+          "answers unlike batch-1 generate | client CPU (cores) |")
+    print("|---:|---|---:|---:|---:|---:|---:|---:|---:|")
     bare_generate(engine, dataclasses.replace(settings, max_new_tokens=2), 1)  # warm-up
+    paired = max((count for count in users if count <= 8), default=None)
     reference: list[str] = []
-    one_by_one: list[float] = []
-    for batch in (1, 8):
-        seconds, answers = bare_generate(engine, settings, batch)
-        reference, one_by_one = reference or answers, one_by_one or seconds
-        print(f"| bare generate, batch {batch} | {batch} | {len(seconds)} | "
-              f"{tokens_in(engine, answers) / sum(seconds):.1f} | {percentile(seconds, 0.5):.2f} | "
-              f"{percentile(seconds, 0.95):.2f} | {sum(a != r for a, r in zip(answers, reference, strict=True))} |")
-
-    alone: list[tuple[float, float]] = []
+    batched: list[tuple[float, float]] = []  # (app at `paired` users, bare batch 8) per round
+    alone: list[tuple[float, float]] = []  # (app at 1 user, bare batch 1 on the same prompts) per round
     with tempfile.TemporaryDirectory() as home:
         app, url = start_app(args, Path(home))
         try:
-            for count in users:
-                wall, latencies, answers = run_users(url, count, args.requests, values)
-                flips = sum(text != reference[index] for index, text in answers)
-                print(f"| app, gradio_client users | {count} | {len(answers)} | "
-                      f"{tokens_in(engine, [text for _, text in answers]) / wall:.1f} | "
-                      f"{percentile(latencies, 0.5):.2f} | {percentile(latencies, 0.95):.2f} | {flips} |")
-                if count == 1:  # its few prompts answer longer or shorter than the average: compare like with like
-                    same = [index for index, _ in answers]
-                    alone.append((tokens_in(engine, [text for _, text in answers]) / sum(latencies),
-                                  tokens_in(engine, [reference[i] for i in same]) / sum(one_by_one[i] for i in same)))
+            for round_ in range(1, args.rounds + 1):
+                bare: dict[int, tuple[list[float], list[str]]] = {}
+                for batch in (1, 8):
+                    seconds, answers = bare[batch] = bare_generate(engine, settings, batch)
+                    reference = reference or answers
+                    print(f"| {round_} | bare generate, batch {batch} | {batch} | {len(seconds)} | "
+                          f"{tokens_in(engine, answers) / sum(seconds):.1f} | {percentile(seconds, 0.5):.2f} | "
+                          f"{percentile(seconds, 0.95):.2f} | "
+                          f"{sum(a != r for a, r in zip(answers, reference, strict=True))} | |", flush=True)
+                for count in users:
+                    wall, cpu, latencies, answers = run_users(url, count, args.requests, values)
+                    rate = tokens_in(engine, [text for _, text in answers]) / wall
+                    flips = sum(text != reference[index] for index, text in answers)
+                    print(f"| {round_} | app, gradio_client users | {count} | {len(answers)} | {rate:.1f} | "
+                          f"{percentile(latencies, 0.5):.2f} | {percentile(latencies, 0.95):.2f} | {flips} | "
+                          f"{cpu / wall:.2f} |", flush=True)
+                    if count == paired:
+                        bare_seconds, bare_answers = bare[8]
+                        batched.append((rate, tokens_in(engine, bare_answers) / sum(bare_seconds)))
+                    if count == 1:  # its few prompts answer longer or shorter than the average: compare like with like
+                        same = [index for index, _ in answers]
+                        bare_seconds, bare_answers = bare[1]
+                        alone.append((tokens_in(engine, [text for _, text in answers]) / sum(latencies),
+                                      tokens_in(engine, [bare_answers[i] for i in same])
+                                      / sum(bare_seconds[i] for i in same)))
         finally:
             app.terminate()
             app.wait(timeout=60)
 
-    for app_rate, bare_rate in alone:
-        print(f"\n1 user on the same prompts, per call: app {app_rate:.1f} tok/s, bare batch-1 generate "
-              f"{bare_rate:.1f} tok/s ({app_rate / bare_rate:.2f}x)")
+    print()
+    if batched:
+        print_ratios(f"{paired} users vs bare batch 8, tokens/s", batched)
+    if alone:
+        print_ratios("1 user vs bare batch-1 generate on the same prompts, tokens/s per call", alone)
     if args.startup:
         print("\n| start-up | seconds |\n|---|---:|")
         for name, seconds in startup(args.model):
             print(f"| {name} | {seconds:.1f} |")
 
+
+def print_ratios(title: str, pairs: list[tuple[float, float]]) -> None:
+    """One line per round (app / bare of that round) and the median ratio."""
+    ratios = [app / bare for app, bare in pairs]
+    rounds = ", ".join(f"{app:.1f}/{bare:.1f} = {ratio:.2f}x" for (app, bare), ratio in zip(pairs, ratios, strict=True))
+    print(f"{title}, by round: {rounds}; median {statistics.median(ratios):.2f}x "
+          f"(range {min(ratios):.2f}-{max(ratios):.2f}x)")
 
 if __name__ == "__main__":
     main()
