@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
+from serving.prefix_cache import Layers, PrefixCache
+
 BASE_ROW = "__base__"
 """PEFT's name for "no adapter" in a mixed-adapter batch."""
 
@@ -22,6 +24,7 @@ class Request(Protocol):
     generate_kwargs: dict[str, Any]
     adapter: str | None
     seed: int | None
+    prefix: int
 
     @property
     def cancelled(self) -> bool: ...
@@ -60,6 +63,8 @@ class Row:
         self.request = request
         self.ids = request.encoded["input_ids"]
         self.position = self.ids.shape[1]
+        self.prefix = tuple(self.ids[0, :request.prefix].tolist())
+        """The leading prompt tokens other requests share (`serving.prefix_cache`); () for none."""
         self.adapter = request.adapter or BASE_ROW
         self.group = mixing_group(model, request.adapter)
         config, _ = base._prepare_generation_config(None, **request.generate_kwargs)
@@ -99,28 +104,72 @@ class Row:
         self.request.emit(token)
 
 
-def prefill(model: Any, rows: list[Row]) -> tuple[Any, Any, Any]:
+def prefill(model: Any, rows: list[Row], *, prefixes: PrefixCache | None = None) -> tuple[Any, Any, Any]:
     """One forward over the prompts of `rows` (all of one mixing group), left-padded to the longest.
 
+    With `prefixes`, a row's shared prefix is not fed again: its keys and values come from the cache
+    (computed there on first use), left-padded to the longest prefix, and the forward feeds the rest
+    of each prompt, left-padded to the longest rest. Each row numbers its positions from its first
+    real token, as `generate` does, and the mask hides the padding from its attention, so it sees
+    exactly what it would see alone.
+
     Returns each row's logits for its first token (row i: `logits[i:i + 1]`, for `Row.take`), and the
-    rows' KV cache and mask (zeros on the padding), as `RowBatch.join` takes them. Each row numbers its
-    positions from its first real token, as `generate` does, and the mask hides the padding from its
-    attention, so it sees exactly what it would see alone.
+    rows' KV cache and mask (zeros on the padding), as `RowBatch.join` takes them.
     """
     import torch
     from transformers import DynamicCache
 
-    length = max(row.position for row in rows)
-    mask = torch.cat([_pad_left(torch.ones_like(row.ids), length) for row in rows])
-    cache = DynamicCache()
-    inputs = {"input_ids": torch.cat([_pad_left(row.ids, length) for row in rows]),
-              "position_ids": (mask.cumsum(-1) - 1).clamp(min=0),
+    known = [_prefix_layers(model, row, prefixes) for row in rows]
+    cached = [0 if layers is None else len(row.prefix) for row, layers in zip(rows, known, strict=True)]
+    width = max(cached)
+    rests = [row.ids[:, skip:] for row, skip in zip(rows, cached, strict=True)]
+    length = max(rest.shape[1] for rest in rests)
+    mask = torch.cat([torch.cat([_pad_left(torch.ones_like(row.ids[:, :skip]), width),
+                                 _pad_left(torch.ones_like(rest), length)], dim=1)
+                      for row, skip, rest in zip(rows, cached, rests, strict=True)])
+    cache = DynamicCache() if width == 0 else _cache_of(_stacked(known, width))
+    inputs = {"input_ids": torch.cat([_pad_left(rest, length) for rest in rests]),
+              "position_ids": (mask.cumsum(-1) - 1).clamp(min=0)[:, width:],
               # Without padding, no mask: the attention path `generate` takes for one request.
               "attention_mask": None if bool(mask.all()) else mask, "cache": cache}
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    if base._supports_logits_to_keep():
+    if _supports_logits_to_keep(model):
         inputs["logits_to_keep"] = 1
     return forward(model, inputs, [row.adapter for row in rows], rows[0].group), cache, mask
+
+
+def _prefix_layers(model: Any, row: Row, prefixes: PrefixCache | None) -> Layers | None:
+    """The keys and values of the row's shared prefix (computed once per adapter), or None: no prefix."""
+    if prefixes is None or not row.prefix:
+        return None
+
+    def compute() -> Layers:
+        import torch
+        from transformers import DynamicCache
+
+        cache = DynamicCache()
+        inputs: dict[str, Any] = {"input_ids": torch.tensor([row.prefix]), "cache": cache}
+        if _supports_logits_to_keep(model):
+            inputs["logits_to_keep"] = 1
+        forward(model, inputs, [row.adapter], row.group)
+        return _layers(cache)
+
+    return prefixes.get(row.adapter, row.prefix, compute)
+
+
+def _stacked(known: list[Layers | None], width: int) -> Layers:
+    """Per layer, the rows' prefix keys and values left-padded to `width` (zeros for a row without one)."""
+    import torch
+
+    template = next(layers for layers in known if layers is not None)
+    empty = template[0][0][:, :, :0]  # a row without a prefix: only padding
+    return [tuple(torch.cat([_pad_left(empty if layers is None else layers[index][part], width) for layers in known])
+                  for part in (0, 1))
+            for index in range(len(template))]
+
+
+def _supports_logits_to_keep(model: Any) -> bool:
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return base._supports_logits_to_keep()
 
 
 class RowBatch:

@@ -13,6 +13,8 @@ per-row `adapter_names` cannot apply, and does not serve encoder-decoder models.
 module reuses from transformers and PEFT instead: each row's logits processors are the ones
 `generate` would build for its settings (`_get_logits_processor`), the batch's KV cache is a
 `DynamicCache`, and PEFT applies each row's LoRA adapter inside one forward (`adapter_names`).
+A request's shared prompt prefix (its task's template) is prefilled once per adapter and reused
+(`serving.prefix_cache`).
 
 The rows and their left-padded cache are `serving.batch_rows`. Batched float arithmetic can flip
 a greedy near-tie compared with decoding a request alone; nothing else differs. PEFT cannot mix
@@ -30,7 +32,8 @@ from contextlib import contextmanager
 from typing import Any
 
 from serving import compute_threads
-from serving.batch_rows import Row, RowBatch, prefill
+from serving.batch_rows import BASE_ROW, Row, RowBatch, prefill
+from serving.prefix_cache import PrefixCache
 
 logger = logging.getLogger(__name__)
 
@@ -92,14 +95,19 @@ class Request:
         generate_kwargs: the settings as `generate` takes them (`do_sample`, `temperature`, ...).
         adapter: the PEFT adapter name to decode with, or None for the base model.
         seed: seeds this request's own sampler; None draws a fresh seed.
+        prefix: how many leading prompt tokens other requests share (a task's chat template and
+            instruction); their keys and values are computed once per adapter. 0: none.
     """
 
     def __init__(self, encoded: dict[str, Any], generate_kwargs: dict[str, Any], *, adapter: str | None,
-                 seed: int | None) -> None:
+                 seed: int | None, prefix: int = 0) -> None:
+        if prefix < 0 or (prefix > 0 and prefix >= encoded["input_ids"].shape[1]):
+            raise ValueError("a shared prefix must leave at least one prompt token to prefill")
         self.encoded = encoded
         self.generate_kwargs = generate_kwargs
         self.adapter = adapter
         self.seed = seed
+        self.prefix = prefix
         self.finished = threading.Event()
         """Set once the request holds no model resources any more (its row left the batch)."""
         self._cancelled = threading.Event()
@@ -154,6 +162,13 @@ class Batcher:
         self._waiting: list[Request] = []
         self._wake = threading.Lock()
         self._running = False
+        self.prefixes = PrefixCache()
+        """Keys and values of the shared prompt prefixes; touched only by the decode loop or by whoever
+        holds the model whole."""
+
+    def forget(self, adapter: str | None) -> None:
+        """Drop what was computed with `adapter` (call it holding the model whole, as it is unloaded)."""
+        self.prefixes.forget(adapter or BASE_ROW)
 
     @property
     def waiting(self) -> int:
@@ -206,13 +221,14 @@ class Batcher:
                     for request in joining:
                         _run_alone(model, request)
                 else:
-                    self._join(model, batches, joining)
+                    self._join(model, batches, joining, self.prefixes)
                 for batch in batches.values():
                     if batch.rows:
                         self._step(model, batch)
 
     @staticmethod
-    def _join(model: Any, batches: dict[str | None, RowBatch], requests: list[Request]) -> None:
+    def _join(model: Any, batches: dict[str | None, RowBatch], requests: list[Request],
+              prefixes: PrefixCache) -> None:
         """Prefill the requests arriving in this turn, one forward per mixing group, into their batch."""
         groups: dict[str | None, list[Row]] = {}
         for request in requests:
@@ -227,7 +243,7 @@ class Batcher:
                 continue
             groups.setdefault(row.group, []).append(row)
         for group, rows in groups.items():
-            for new in _prefilled(model, rows):
+            for new in _prefilled(model, rows, prefixes):
                 if new.rows:
                     batches.setdefault(group, RowBatch(group)).join(new.rows, cache=new.cache, mask=new.mask)
 
@@ -248,23 +264,23 @@ class Batcher:
             row.request.finish()
 
 
-def _prefilled(model: Any, rows: list[Row]) -> list[RowBatch]:
+def _prefilled(model: Any, rows: list[Row], prefixes: PrefixCache) -> list[RowBatch]:
     """`rows` (one mixing group) prefilled in one forward; if that forward fails, each row alone,
     so that only a bad request fails. A row that failed or is done after its first token is finished."""
     try:
-        return [_prefill_together(model, rows)]
+        return [_prefill_together(model, rows, prefixes)]
     except Exception as error:  # noqa: BLE001 - retried one row at a time: only a bad request fails
         logger.exception("Prefill failed")
         if len(rows) == 1:
             rows[0].request.finish(error)
             return []
-    return [new for row in rows for new in _prefilled(model, [row])]
+    return [new for row in rows for new in _prefilled(model, [row], prefixes)]
 
 
-def _prefill_together(model: Any, rows: list[Row]) -> RowBatch:
+def _prefill_together(model: Any, rows: list[Row], prefixes: PrefixCache) -> RowBatch:
     """One forward over the rows' prompts (raises if it fails); each row takes its first token from its
     own logits. Returns the batch of the rows that go on; the others are finished."""
-    logits, cache, mask = prefill(model, rows)
+    logits, cache, mask = prefill(model, rows, prefixes=prefixes)
     new = RowBatch(rows[0].group)
     new.join(rows, cache=cache, mask=mask)
     failed: dict[Row, BaseException] = {}

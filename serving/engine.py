@@ -96,6 +96,7 @@ class Engine:
         self._generate_lock = ModelLock()
         self._batcher = Batcher(lambda: self._model, lock=self._generate_lock, max_batch=max_batch)
         self._load_lock = threading.Lock()
+        self._shared: dict[str, list[int]] = {}
 
     @property
     def max_batch(self) -> int:
@@ -198,7 +199,9 @@ class Engine:
                 self._unload(idle)
 
     def _unload(self, info: AdapterInfo) -> None:
+        """Take the adapter out of the model (the caller holds the model whole)."""
         remove_adapter(self._model, info.peft_name)
+        self._batcher.forget(info.peft_name)
 
     def encode(self, task: Task, inputs: dict[str, str]) -> dict[str, Any]:
         """Tokenize a task's prompt the way this model expects (chat template or plain text)."""
@@ -209,14 +212,31 @@ class Engine:
             return tokenizer(text, return_tensors="pt", add_special_tokens=False)
         return tokenizer(task.text_prompt(inputs), return_tensors="pt")
 
+    def shared_prefix(self, task: Task, ids: list[int]) -> int:
+        """How many leading tokens of the prompt `ids` every prompt of `task` has (chat template, system
+        prompt, instruction up to the first field); 0 if none or if this prompt does not start with them.
+
+        Found once per task as the tokens two prompts with different field values have in common; each
+        prompt is compared token by token, so a tokenizer that merges a field's first characters into the
+        template's last token only shortens what is shared."""
+        if self.loaded.is_seq2seq:
+            return 0
+        shared = self._shared.get(task.slug)
+        if shared is None:
+            first, second = (self.encode(task, {field.name: text for field in task.fields})["input_ids"][0].tolist()
+                             for text in ("a", "b"))
+            shared = self._shared[task.slug] = _common_prefix(first, second)
+        return len(shared) if len(ids) > len(shared) and ids[:len(shared)] == shared else 0
+
     def _stream_with(self, info: AdapterInfo | None, task: Task, inputs: dict[str, str],
                      settings: GenerationSettings) -> Iterator[str]:
         import torch
 
         settings = settings.validated()
-        request = Request(self.encode(task, inputs),
-                          {**settings.generate_kwargs(), "pad_token_id": self.tokenizer.pad_token_id},
-                          adapter=info.peft_name if info else None, seed=settings.seed)
+        encoded = self.encode(task, inputs)
+        request = Request(encoded, {**settings.generate_kwargs(), "pad_token_id": self.tokenizer.pad_token_id},
+                          adapter=info.peft_name if info else None, seed=settings.seed,
+                          prefix=self.shared_prefix(task, encoded["input_ids"][0].tolist()))
         text, shown = _text_pieces(self.tokenizer), None
         self._batcher.submit(request)
         try:
@@ -250,6 +270,13 @@ def _text_pieces(tokenizer: Any) -> Any:
             self.value += text
 
     return TextPieces(tokenizer, skip_special_tokens=True)
+
+
+def _common_prefix(first: list[int], second: list[int]) -> list[int]:
+    length = 0
+    while length < min(len(first), len(second)) and first[length] == second[length]:
+        length += 1
+    return first[:length]
 
 
 def _safe(key: str) -> str:

@@ -181,6 +181,7 @@ def test_generation_stops_when_its_consumer_goes_away(tiny_causal_lm: Path) -> N
 
     engine = Engine(load_model(str(tiny_causal_lm)))
     settings = GenerationSettings(temperature=0, repetition_penalty=1.0, max_new_tokens=48)
+    list(engine.stream(TASKS["tweet"], {"prompt": "Advice"}, settings))  # the task's prompt prefix is cached now
     with forward_counter(engine) as calls:
         assert list(engine.stream(TASKS["tweet"], {"prompt": "Advice"}, settings))
     assert len(calls) == 48  # without a consumer going away, all 48 tokens are generated

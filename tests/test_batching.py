@@ -13,9 +13,11 @@ from typing import Any
 
 import pytest
 
+from serving.batch_rows import BASE_ROW
 from serving.batching import Batcher, ModelLock, Request
 from serving.engine import Engine, GenerationSettings
 from serving.models import load_model
+from serving.prefix_cache import PrefixCache
 from tasks import TASKS
 from tests.adapter_factory import make_adapter
 
@@ -337,3 +339,56 @@ def test_seq2seq_requests_at_once_are_served_one_after_another(tiny_seq2seq: Pat
              for text in ("#Person1#: Hi", "#Person1#: Hello there #Person2#: Hi")]
     expected = [answer(engine, case) for case in cases]
     assert run_together(engine, cases) == expected
+
+
+def test_a_task_prompt_prefix_is_prefilled_once_per_adapter_and_the_answers_do_not_change(
+        engine: Engine, alone: list[str]) -> None:
+    engine._batcher.prefixes = prefixes = PrefixCache()
+    tweet = TASKS["tweet"]
+    lengths = [engine.encode(tweet, case[2])["input_ids"].shape[1] for case in CASES[:4]]
+    shared = engine.shared_prefix(tweet, engine.encode(tweet, CASES[0][2])["input_ids"][0].tolist())
+    assert 0 < shared < min(lengths)
+    with forward_shapes(engine.model) as shapes:
+        answers = [answer(engine, case) for case in CASES[:4]]  # base, tweet, summary, tweet again
+    assert answers == alone[:4]
+    assert prefixes.computed == 3 and prefixes.adapters() == {
+        BASE_ROW, engine.adapters()["tweet"].peft_name, engine.adapters()["summary"].peft_name}
+    prefills = [positions for _, positions in shapes if positions > 1]
+    assert prefills == [shared, lengths[0] - shared, shared, lengths[1] - shared, shared, lengths[2] - shared,
+                        lengths[3] - shared]  # the second tweet request feeds only what follows the prefix
+
+
+def test_rows_with_and_without_a_cached_prefix_are_prefilled_in_one_forward(engine: Engine, alone: list[str]) -> None:
+    lock = ModelLock()
+    batcher = Batcher(lambda: engine.model, lock=lock)
+    cases = [CASES[1], CASES[4], CASES[0], CASES[1]]  # tweet and dialogue prefixes; the last one without
+    shares = [True, True, True, False]
+    for case in cases[:3]:  # their prefixes are cached before they are prefilled together
+        list(submit(engine, batcher, case, share=True).tokens())
+    with forward_shapes(engine.model) as shapes:
+        with lock:
+            requests = [submit(engine, batcher, case, share=share) for case, share in zip(cases, shares, strict=True)]
+            wait_until(lambda: batcher.waiting == len(requests))
+        answers = [engine.tokenizer.decode([t for chunk in r.tokens() for t in chunk], skip_special_tokens=True)
+                   for r in requests]
+    assert answers == [alone[1], alone[4], alone[0], alone[1]]
+    assert [rows for rows, positions in shapes if positions > 1] == [len(cases)]
+
+
+def submit(engine: Engine, batcher: Batcher, case: tuple, *, share: bool) -> Request:
+    key, slug, inputs, case_settings = case
+    encoded = engine.encode(TASKS[slug], inputs)
+    prefix = engine.shared_prefix(TASKS[slug], encoded["input_ids"][0].tolist()) if share else 0
+    kwargs = {**case_settings.generate_kwargs(), "pad_token_id": engine.tokenizer.pad_token_id}
+    return batcher.submit(Request(encoded, kwargs, adapter=engine.adapters()[key].peft_name if key else None,
+                                  seed=case_settings.seed, prefix=prefix))
+
+
+def test_unloading_an_adapter_drops_its_cached_prefixes(sharp_lm: Path, adapter_folders: dict[str, Path]) -> None:
+    engine = Engine(load_model(str(sharp_lm)))
+    first = engine.load_adapter("tweet", str(adapter_folders["tweet"]))
+    answer(engine, CASES[1])
+    assert first.peft_name in engine._batcher.prefixes.adapters()
+    second = engine.load_adapter("tweet", str(adapter_folders["summary"]))  # a new adapter under the same key
+    answer(engine, CASES[1])
+    assert engine._batcher.prefixes.adapters() == {second.peft_name}
