@@ -161,9 +161,12 @@ def _stacked(known: list[Layers | None], width: int) -> Layers:
     import torch
 
     template = next(layers for layers in known if layers is not None)
-    empty = template[0][0][:, :, :0]  # a row without a prefix: only padding
-    return [tuple(torch.cat([_pad_left(empty if layers is None else layers[index][part], width) for layers in known])
-                  for part in (0, 1))
+
+    def padded(layers: Layers | None, index: int, part: int) -> Any:
+        empty = template[index][part][:, :, :0]  # a row without a prefix: only padding
+        return _pad_left(empty if layers is None else layers[index][part], width)
+
+    return [tuple(torch.cat([padded(layers, index, part) for layers in known]) for part in (0, 1))
             for index in range(len(template))]
 
 
