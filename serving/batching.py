@@ -196,16 +196,19 @@ class Batcher:
     def _run(self) -> None:
         compute_threads.use_reserved()  # this thread decodes for as long as there is work, then ends
         batches: dict[str | None, RowBatch] = {}
+        taken: list[Request] = []  # taken from the queue this turn, perhaps not in a batch yet
         try:
-            self._loop(batches)
+            self._loop(batches, taken)
         except BaseException as error:  # a bug here must not leave requests waiting forever
             logger.exception("The batching loop stopped")
             with self._wake:
                 stranded, self._waiting, self._running = self._waiting, [], False
-            for request in [*(row.request for batch in batches.values() for row in batch.rows), *stranded]:
-                request.finish(error)
+            held = [row.request for batch in batches.values() for row in batch.rows]
+            for request in dict.fromkeys([*held, *taken, *stranded]):
+                if not request.finished.is_set():
+                    request.finish(error)
 
-    def _loop(self, batches: dict[str | None, RowBatch]) -> None:
+    def _loop(self, batches: dict[str | None, RowBatch], taken: list[Request]) -> None:
         import torch
 
         while True:
@@ -217,6 +220,7 @@ class Batcher:
                 joining = self._take_waiting(1 if alone else self.max_batch - rows, rows > 0)
                 if joining is None:
                     return
+                taken[:] = joining
                 if alone:
                     for request in joining:
                         _run_alone(model, request)

@@ -392,3 +392,26 @@ def test_unloading_an_adapter_drops_its_cached_prefixes(sharp_lm: Path, adapter_
     second = engine.load_adapter("tweet", str(adapter_folders["summary"]))  # a new adapter under the same key
     answer(engine, CASES[1])
     assert engine._batcher.prefixes.adapters() == {second.peft_name}
+
+
+def test_a_bug_in_the_loop_fails_the_requests_it_had_taken_instead_of_leaving_them_waiting(
+        engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    from hub.errors import FlywheelError
+
+    def broken_join(*args: Any) -> None:
+        raise TypeError("a bug while joining")
+
+    monkeypatch.setattr(Batcher, "_join", staticmethod(broken_join))
+    failures: list[BaseException] = []
+
+    def call() -> None:
+        try:
+            answer(engine, CASES[0])
+        except FlywheelError as error:
+            failures.append(error)
+
+    thread = threading.Thread(target=call)
+    thread.start()
+    thread.join(timeout=120)
+    assert not thread.is_alive(), "the request was left waiting"
+    assert len(failures) == 1 and "a bug while joining" in str(failures[0])
