@@ -59,7 +59,7 @@ class Row:
     def __init__(self, model: Any, request: Request) -> None:
         import torch
 
-        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        base = _base(model)
         self.request = request
         self.ids = request.encoded["input_ids"]
         self.position = self.ids.shape[1]
@@ -171,8 +171,12 @@ def _stacked(known: list[Layers | None], width: int) -> Layers:
 
 
 def _supports_logits_to_keep(model: Any) -> bool:
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return base._supports_logits_to_keep()
+    return _base(model)._supports_logits_to_keep()
+
+
+def _base(model: Any) -> Any:
+    """The transformers model inside a PEFT wrapper (or the model itself)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
 class RowBatch:
