@@ -134,8 +134,9 @@ class _Tabs:
         """Wire `send` to `feedback_<slug>`: `components` in `feedback_parameters(task)` order."""
         names = [parameter.name for parameter in feedback_parameters(task)]
 
-        def feedback(request: gr.Request, profile: gr.OAuthProfile | None, *values: Any) -> str:
-            return self.suite.desk.give(task, dict(zip(names, values, strict=True)), self.visitor(request, profile))
+        async def feedback(request: gr.Request, profile: gr.OAuthProfile | None, *values: Any) -> str:
+            return await self.suite.desk.give(task, dict(zip(names, values, strict=True)),
+                                              self.visitor(request, profile))
 
         name_parameters(feedback, name=f"feedback_{task.slug}", mcp_tool=False, summary=feedback_summary(task),
                         parameters=feedback_parameters(task))

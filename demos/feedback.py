@@ -9,10 +9,16 @@ and the store, which validates the record once (`hub.feedback.records.build_reco
 
 Feedback is bound to what was served: the record's model and settings come from the ticket,
 never from the client; each ticket gives each kind of feedback once.
+
+The desk is async and runs on the server's event loop: its checks are cheap and in memory, and
+the one slow step, the fsync, runs on the store's own thread (`FeedbackStore.append`). A pool of
+worker threads, one per request in flight, cost more than the work itself (measured in
+`benchmarks/feedback.py`: threads contending for the GIL and handing every request across).
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -79,7 +85,7 @@ class FeedbackDesk:
         self._on_record = on_record
         self._spent = SpentTickets()
 
-    def give(self, task: Task, values: Mapping[str, Any], visitor: Visitor) -> str:
+    async def give(self, task: Task, values: Mapping[str, Any], visitor: Visitor) -> str:
         """Check and store one feedback on `task` given as `feedback_parameters(task)` names -> values
         (missing ones count as None); return the confirmation, or raise `demos.refusals.Refusal`."""
         inputs = [values.get(name) for name in task.field_names]
@@ -88,15 +94,15 @@ class FeedbackDesk:
             a, b = _texts(values.get("answer_a"), values.get("answer_b"))
             if not (a.strip() and b.strip()):
                 raise refusal("Generate both answers first, then vote.")
-            return self.record_vote(inputs, served, visitor, answers=(a, b), choice=values.get("vote"))
+            return await self.record_vote(inputs, served, visitor, answers=(a, b), choice=values.get("vote"))
         (completion,) = _texts(values.get(OUTPUT.name))
         if task.rating_weights:
             if not completion.strip():
                 raise refusal("Generate an output first, then rate it.")
             # The store checks each is a whole number from 1 to 5 and computes the reward from them.
             ratings = {name: values.get(name) for name in task.rating_weights}
-            return self.record(task.slug, inputs, served, visitor, kind="rating", completion=completion,
-                               ratings=ratings)
+            return await self.record(task.slug, inputs, served, visitor, kind="rating", completion=completion,
+                                     ratings=ratings)
         if not completion.strip():
             raise refusal("Generate an output first, then give feedback on it.")
         label = values.get("flag")
@@ -106,15 +112,15 @@ class FeedbackDesk:
             raise refusal("Choose a flag or write a corrected output.")
         messages = []
         if label:
-            messages.append(self.record(task.slug, inputs, served, visitor, kind="flag", completion=completion,
-                                        label=label))
+            messages.append(await self.record(task.slug, inputs, served, visitor, kind="flag",
+                                              completion=completion, label=label))
         if is_edit:  # the edit belongs to the output it corrects: same ticket
-            messages.append(self.record(task.slug, inputs, served, visitor, kind="edit", completion=completion,
-                                        edited=edited.strip()))
+            messages.append(await self.record(task.slug, inputs, served, visitor, kind="edit",
+                                              completion=completion, edited=edited.strip()))
         return " ".join(messages)
 
-    def record(self, slug: str, values: list[Any], served_by: Any, visitor: Visitor | None, *, kind: str,
-               **fields: Any) -> str:
+    async def record(self, slug: str, values: list[Any], served_by: Any, visitor: Visitor | None, *, kind: str,
+                     **fields: Any) -> str:
         """Store one flag, rating or edit of the output `fields["completion"]`; return the confirmation.
 
         `served_by` is what `generate_<slug>` returned with that output. The store validates the
@@ -122,11 +128,11 @@ class FeedbackDesk:
         """
         task, as_sent = self._admit_feedback(slug, values, visitor)
         ticket = self._verify(task, as_sent, served_by, fields.get("completion"), what="served-by")
-        return self._store(task, as_sent, visitor, [ticket], kind=kind, model=ticket.model,
-                           generation=ticket.generation, **fields)
+        return await self._store(task, as_sent, visitor, [ticket], kind=kind, model=ticket.model,
+                                 generation=ticket.generation, **fields)
 
-    def record_vote(self, values: list[Any], served_by: Any, visitor: Visitor | None, *,
-                    answers: tuple[str, str], choice: str) -> str:
+    async def record_vote(self, values: list[Any], served_by: Any, visitor: Visitor | None, *,
+                          answers: tuple[str, str], choice: str) -> str:
         """Store one arena vote on `answers` (A, B); `served_by` holds both sides' served-by."""
         task, as_sent = self._admit_feedback("arena", values, visitor)
         if choice not in ARENA_VOTES:
@@ -138,10 +144,11 @@ class FeedbackDesk:
                    for side, answer in zip("AB", answers, strict=True)}
         a, b = answers
         chosen, rejected, winner = (b, a, "B") if choice == "B" else (a, b, "A")
-        thanks = self._store(task, as_sent, visitor, list(tickets.values()), kind="preference", chosen=chosen,
-                             rejected=rejected, tie=choice in ("tie", "both bad"), label=choice.replace(" ", "-"),
-                             model=tickets[winner].model, generation=tickets[winner].generation,
-                             sides={side: ticket.model for side, ticket in tickets.items()})
+        thanks = await self._store(task, as_sent, visitor, list(tickets.values()), kind="preference",
+                                   chosen=chosen, rejected=rejected, tie=choice in ("tie", "both bad"),
+                                   label=choice.replace(" ", "-"), model=tickets[winner].model,
+                                   generation=tickets[winner].generation,
+                                   sides={side: ticket.model for side, ticket in tickets.items()})
         revealed = {side: player_name(ticket.model) or "an unknown model" for side, ticket in tickets.items()}
         return f"{thanks} Answer A came from {revealed['A']}, answer B from {revealed['B']}."
 
@@ -179,8 +186,8 @@ class FeedbackDesk:
                               f"generate_{task.slug} returned it.", status=403)
         return ticket
 
-    def _store(self, task: Task, inputs: dict[str, Any], visitor: Visitor | None, tickets: list[Ticket], *,
-               kind: str, **fields: Any) -> str:
+    async def _store(self, task: Task, inputs: dict[str, Any], visitor: Visitor | None, tickets: list[Ticket], *,
+                     kind: str, **fields: Any) -> str:
         visitor = visitor or Visitor()
         claimed: list[Ticket] = []
         try:
@@ -189,9 +196,10 @@ class FeedbackDesk:
                     raise refusal(f"This output already has your {kind}; generate a new output to send more.",
                                   status=403)
                 claimed.append(ticket)
-            record = self.feedback.log(  # the one validation of the record, inputs included
+            pending = self.feedback.append(  # the one validation of the record, inputs included
                 task=task.slug, kind=kind, inputs=inputs,
                 session=self.feedback.session_id(visitor.session), user=self._user_hash(visitor), **fields)
+            record = await asyncio.wrap_future(pending)  # the fsync runs on the store's thread, not here
         except (InvalidInput, FlywheelError, gr.Error) as error:
             for ticket in claimed:  # nothing was stored: the person may try again
                 self._spent.release(ticket, kind)

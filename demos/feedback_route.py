@@ -14,20 +14,18 @@ Answers: 200 `{"message": ...}`, or `{"error": "<one line>"}` with 400 (bad inpu
 required), 403 (ticket forged, expired, reused or for another output; feedback off), 404 (no such
 task), 413 (body too large), 415 (not JSON), 429 (over a quota) or 503 (the store refused the row).
 
-Requests run on threads of their own (`FEEDBACK_THREADS`), so feedback never waits for a thread
-that generation holds.
+Requests run on the server's event loop (`FeedbackDesk.give` is async; the store fsyncs on a thread
+of its own), so feedback never waits for a thread that generation holds.
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
-import anyio
 import gradio as gr
 from gradio.oauth import _get_valid_oauth_info_from_session
 from starlette.requests import Request
@@ -43,8 +41,6 @@ from tasks import TASKS
 
 logger = logging.getLogger(__name__)
 
-FEEDBACK_THREADS = 32
-"""Feedback requests stored at once; the store commits concurrent rows together (one fsync)."""
 MAX_BODY_BYTES = 1024 * 1024
 """Larger bodies are refused unread: the longest honest one (two 20,000-character answers, the
 inputs and a ticket, every character JSON-escaped) is well under this."""
@@ -81,7 +77,6 @@ class _FeedbackEndpoint:
     def __init__(self, suite: Suite, *, proxy_hops: int) -> None:
         self.suite = suite
         self.proxy_hops = proxy_hops
-        self.threads = anyio.CapacityLimiter(FEEDBACK_THREADS)
 
     async def handle(self, request: Request) -> JSONResponse:
         task = TASKS.get(request.path_params["slug"])
@@ -104,8 +99,7 @@ class _FeedbackEndpoint:
         visitor = replace(visitor_from(request, _username(request), proxy_hops=self.proxy_hops),
                           session=values.pop(SESSION_KEY, None))
         try:
-            message = await anyio.to_thread.run_sync(functools.partial(self.suite.desk.give, task, values,
-                                                                       visitor), limiter=self.threads)
+            message = await self.suite.desk.give(task, values, visitor)
         except Refusal as refusal:
             return _error(refusal.status, refusal.message)
         except Exception:  # noqa: BLE001 - one line to the client, the traceback to the log

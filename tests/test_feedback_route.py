@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import re
+import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -182,6 +185,28 @@ def test_route_feedback_completes_while_every_generation_slot_is_taken(app: tupl
         assert rate(url, text, served).startswith("Thanks! Saved your rating")
         assert not any(job.done() for job in generations)
     assert all(job.result(timeout=300)[0] for job in generations)
+
+
+def test_a_stalled_disk_holds_only_the_feedback_waiting_for_it_not_the_server(app: tuple,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """The desk runs on the server's event loop; the fsync must not, or one slow disk stalls every visitor."""
+    url, client, _, folder = app
+    rate(url, *tweet(client))  # today's file exists: no directory to create and fsync
+    outputs, before = [tweet(client) for _ in range(2)], len(records(folder, "tweet"))
+    disk_free, real_fsync = threading.Event(), os.fsync
+
+    def stalled_fsync(fd: int) -> None:
+        disk_free.wait(120)
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", stalled_fsync)
+    with ThreadPoolExecutor(2) as pool:
+        sent = [pool.submit(rate, url, *output) for output in outputs]
+        wait_until(lambda: len(records(folder, "tweet")) == before + 2)  # written, not yet durable
+        assert httpx.post(f"{url}feedback/nope", json={}, timeout=10).status_code == 404  # the loop is free
+        assert not any(feedback.done() for feedback in sent)  # not acknowledged before the fsync
+        disk_free.set()
+        assert all(feedback.result(timeout=60).startswith("Thanks!") for feedback in sent)
 
 
 def test_route_quotas_count_per_session_and_per_ip_behind_the_proxy(tiny_causal_lm: Path, tmp_path: Path,

@@ -10,6 +10,7 @@ load is only checked against vLLM's documented request shape (`test_lora_request
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -236,12 +237,14 @@ def test_tickets_quotas_and_feedback_work_the_same_with_the_openai_backend(backe
         assert served["base"] == str(server.model) and served["label"] == BASE_LABEL
         assert served["backend"] == f"openai {server.url}, base model" and served["ticket"]
         ratings = {"relevance": 5, "clarity": 4, "originality": 3, "engagement": 2}
-        confirmation = suite.desk.record("tweet", list(INPUTS.values()), served, visitor, kind="rating",
-                                    completion=text, ratings=ratings, reward=TWEET.reward_from_ratings(ratings))
+        confirmation = asyncio.run(suite.desk.record("tweet", list(INPUTS.values()), served, visitor,
+                                                     kind="rating", completion=text, ratings=ratings,
+                                                     reward=TWEET.reward_from_ratings(ratings)))
         assert confirmation.startswith("Thanks!")
         with pytest.raises(gr.Error, match="already has your rating"):
-            suite.desk.record("tweet", list(INPUTS.values()), served, visitor, kind="rating", completion=text,
-                         ratings=ratings, reward=TWEET.reward_from_ratings(ratings))
+            asyncio.run(suite.desk.record("tweet", list(INPUTS.values()), served, visitor, kind="rating",
+                                          completion=text, ratings=ratings,
+                                          reward=TWEET.reward_from_ratings(ratings)))
         with pytest.raises(gr.Error, match=r"Too many generation requests from you"):
             list(suite.generate("tweet", values(settings), visitor=visitor))
     rows = [json.loads(line) for file in (tmp_path / "data" / "tweet").rglob("*.jsonl")

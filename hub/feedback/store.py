@@ -3,11 +3,13 @@
 `FeedbackStore.log()` validates a record (see `hub.feedback.records`), appends it to
 `<folder>/data/<task>/<YYYY-MM-DD>/<writer-uuid>.jsonl` and fsyncs it (and, for a new file,
 the directories naming it) before returning, so an accepted row survives a crash of the
-machine. Each process writes its own file, so any number of threads and processes can share
-one folder. With `repo_id`, a background `HubSync` commits the folder to a private Hub
-dataset repo every `every` minutes; the Hub being slow or down never delays or breaks
-`log()`. `close()` (which the apps call on SIGTERM) refuses further rows and pushes the rest;
-`health()` reports where rows are kept and how the Hub sync is doing.
+machine; `append()` writes the row at once and returns a future that the store's fsync thread
+answers, for callers that must not wait on the disk (an event loop). One fsync covers every row
+written before it, so concurrent writers share it. Each process writes its own file, so any number
+of threads and processes can share one folder. With `repo_id`, a background `HubSync` commits the
+folder to a private Hub dataset repo every `every` minutes; the Hub being slow or down never
+delays or breaks `log()`. `close()` (which the apps call on SIGTERM) refuses further rows and
+pushes the rest; `health()` reports where rows are kept and how the Hub sync is doing.
 `hub.feedback.callback.FeedbackCallback` is this store as a Gradio `FlaggingCallback`; this
 module itself does not import Gradio.
 
@@ -32,6 +34,8 @@ import secrets
 import threading
 import uuid
 import weakref
+from concurrent.futures import Future
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -97,14 +101,11 @@ class FeedbackStore:
         self._lock = threading.Lock()
         self._writer_id = str(uuid.uuid4())
         self._files: dict[str, int] = {}
-        # Group commit: rows are numbered as they are written; one fsync makes every row written
-        # before it durable, so concurrent writers share it instead of queueing for one each.
-        self._sync_done = threading.Condition(threading.Lock())
-        self._syncing = False
-        self._written = 0
-        self._synced = 0
         self._dirty: set[int] = set()
-        self._failed_batches: list[tuple[int, int, str]] = []
+        self._waiting: list[_Waiting] = []
+        """Rows written and not yet answered, in order (`_sync_rows` answers them)."""
+        self._rows_written = threading.Condition(self._lock)
+        self._syncer: threading.Thread | None = None
 
     @property
     def writer_id(self) -> str:
@@ -117,17 +118,35 @@ class FeedbackStore:
 
     # -- the API the demos use ------------------------------------------------------------
 
-    def log(self, *, task: str, kind: str, inputs: dict[str, Any], prompt: list[dict[str, str]] | None = None,
-            completion: str | None = None, label: str | None = None, ratings: dict[str, int] | None = None,
-            reward: float | None = None, chosen: str | None = None, rejected: str | None = None,
-            tie: bool | None = None, edited: str | None = None, model: dict[str, str | None] | None = None,
-            generation: dict[str, Any] | None = None, session: str | None = None, user: str | None = None,
-            source: str = "person", sides: dict[str, Any] | None = None) -> dict[str, Any]:
+    def log(self, **fields: Any) -> dict[str, Any]:
         """Validate, append and fsync one record; return it once it is on disk.
 
-        Takes the keywords of `hub.feedback.records.build_record`. Raises `InvalidRecord` for a
-        bad record and `FlywheelError` if the disk refuses it or the store is closed; either way
-        it was not stored.
+        Takes the keywords of `append` (those of `hub.feedback.records.build_record`). Raises
+        `InvalidRecord` for a bad record and `FlywheelError` if the disk refuses it or the store is
+        closed; either way it was not stored.
+        """
+        return self.append(**fields).result()
+
+    def append(self, *, task: str, kind: str, inputs: dict[str, Any], prompt: list[dict[str, str]] | None = None,
+               completion: str | None = None, label: str | None = None, ratings: dict[str, int] | None = None,
+               reward: float | None = None, chosen: str | None = None, rejected: str | None = None,
+               tie: bool | None = None, edited: str | None = None, model: dict[str, str | None] | None = None,
+               generation: dict[str, Any] | None = None, session: str | None = None, user: str | None = None,
+               source: str = "person", sides: dict[str, Any] | None = None) -> Future[dict[str, Any]]:
+        """Validate and append one record now; the returned future gives it back once it is fsynced.
+
+        For callers that must not block on the disk, such as an event loop
+        (`record = await asyncio.wrap_future(store.append(...))`). Raises at once, with nothing
+        stored, what `log()` raises for a bad record, a closed store or a refused write; the future
+        fails with `FlywheelError` if the fsync that should cover the row fails.
+
+        Example:
+            >>> import tempfile
+            >>> with FeedbackStore(folder=Path(tempfile.mkdtemp())) as feedback:
+            ...     pending = feedback.append(task="detox", kind="flag", inputs={"prompt": "The fans"},
+            ...                               completion="cheered all night.", label="fine")
+            ...     pending.result(timeout=30)["label"]
+            'fine'
         """
         record = build_record(task=task, kind=kind, inputs=inputs, prompt=prompt, completion=completion,
                               label=label, ratings=ratings, reward=reward, chosen=chosen, rejected=rejected,
@@ -136,6 +155,7 @@ class FeedbackStore:
         line = encode_record(record)
         self._ensure_ready()
         relative = f"data/{record['task']}/{record['created_at'][:10]}"
+        pending: Future[dict[str, Any]] = Future()
         with self._lock:
             if self._closed:
                 # Whatever close() pushed must include every row acknowledged to someone.
@@ -148,52 +168,50 @@ class FeedbackStore:
             except OSError as error:
                 # The file may now end in half a row; the next row must not be glued to it.
                 self._rotate()
-                raise FlywheelError(f"Feedback could not be saved in {self.folder}: {error}") from error
-            self._written += 1
-            number = self._written
+                raise FlywheelError(self._not_saved(error)) from error
             self._dirty.add(fd)
-        self._wait_until_durable(number)
-        with self._lock:
-            self.count += 1
-        return record
+            self._waiting.append(_Waiting(record, pending))
+            if self._syncer is None:
+                self._syncer = threading.Thread(target=self._sync_rows, name="feedback-fsync", daemon=True)
+                self._syncer.start()
+            self._rows_written.notify()
+        return pending
 
-    def _wait_until_durable(self, number: int) -> None:
-        """Return once row `number` is fsynced; raise `FlywheelError` if the fsync that covered it failed."""
-        with self._sync_done:
-            while self._synced < number:
-                if self._syncing:  # wait on it, not queued behind it: a row it covers returns when it ends
-                    self._sync_done.wait()
-                    continue
-                self._syncing = True
-                self._sync_done.release()  # others append and wait meanwhile: the next fsync takes them all
-                last = self._synced
-                try:
-                    last = self._sync_batch()
-                finally:
-                    self._sync_done.acquire()
-                    self._synced, self._syncing = last, False
-                    self._sync_done.notify_all()
-            failure = next((error for first, last, error in self._failed_batches if first <= number <= last), None)
-        if failure is not None:
-            raise FlywheelError(f"Feedback could not be saved in {self.folder}: {failure}")
-
-    def _sync_batch(self) -> int:
-        """Fsync every row written so far in one go; return the number of the last row it covered."""
-        with self._lock:  # dup: a new day or a rotation may close the writer's fd meanwhile
-            first, last = self._synced + 1, self._written
-            dirty = [os.dup(fd) for fd in self._dirty]
-            self._dirty.clear()
-        try:
-            for fd in dirty:
-                os.fsync(fd)
-        except OSError as error:
-            self._failed_batches = [*self._failed_batches[-63:], (first, last, str(error))]
+    def _sync_rows(self) -> None:
+        """The store's fsync thread: one fsync makes every row written before it durable (group commit),
+        so concurrent writers share it instead of queueing for one each; then their futures are answered."""
+        while True:
             with self._lock:
-                self._rotate()
-        finally:
-            for fd in dirty:
-                os.close(fd)
-        return last
+                while not self._waiting and not self._closed:
+                    self._rows_written.wait()
+                if not self._waiting:
+                    return
+                waiting, self._waiting = self._waiting, []
+                # dup: a new day or a rotation may close the writer's fd meanwhile
+                dirty = [os.dup(fd) for fd in self._dirty]
+                self._dirty.clear()
+            failure = None
+            try:
+                for fd in dirty:
+                    os.fsync(fd)
+            except OSError as error:
+                failure = error
+                with self._lock:
+                    self._rotate()
+            finally:
+                for fd in dirty:
+                    os.close(fd)
+            for row in waiting:
+                error = row.failure or failure
+                if error is not None:
+                    row.pending.set_exception(FlywheelError(self._not_saved(error)))
+                    continue
+                with self._lock:
+                    self.count += 1
+                row.pending.set_result(row.record)
+
+    def _not_saved(self, error: OSError) -> str:
+        return f"Feedback could not be saved in {self.folder}: {error}"
 
     def session_id(self, raw: str | None) -> str | None:
         """A salted sha256 of a Gradio session hash (the salt lives as long as this object).
@@ -239,6 +257,10 @@ class FeedbackStore:
             for fd in self._files.values():
                 self._close_durably(fd)
             self._files.clear()
+            syncer = self._syncer
+            self._rows_written.notify()
+        if syncer is not None and syncer is not threading.current_thread():
+            syncer.join(timeout)  # every accepted row is answered before close() returns
         if self.sync is not None and not self.sync.close(push=push, timeout=timeout):
             health = self.sync.health()
             logger.warning("Feedback sync to %s stopped with %d row(s) not pushed (%s); they stay in %s and "
@@ -283,7 +305,8 @@ class FeedbackStore:
             try:
                 os.fsync(fd)
             except OSError as error:  # the rows waiting on it must not be acknowledged
-                self._failed_batches = [*self._failed_batches[-63:], (self._synced + 1, self._written, str(error))]
+                for row in self._waiting:
+                    row.failure = row.failure or error
         with contextlib.suppress(OSError):
             os.close(fd)
 
@@ -300,6 +323,16 @@ class FeedbackStore:
         _fsync_dir(directory)  # the new file's name must survive a crash as well as its rows
         self._files[relative] = fd
         return fd
+
+
+@dataclass
+class _Waiting:
+    """A row written and waiting for the fsync that makes it durable."""
+
+    record: dict[str, Any]
+    pending: Future[dict[str, Any]]
+    failure: OSError | None = None
+    """Set when closing its file failed to fsync it: the row must not be acknowledged."""
 
 
 def _make_dirs_durably(directory: Path) -> None:
