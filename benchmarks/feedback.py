@@ -45,12 +45,15 @@ from demos.feedback_client import send_feedback
 from hub.feedback.callback import FeedbackCallback
 from hub.feedback.loading import load_feedback
 from hub.feedback.tickets import SECRET_ENV, TICKET_TTL, sign_ticket, verify_ticket
+from serving import startup_heap
 from tests.hub_server import HubServer
 
 RATINGS = {"relevance": 4, "clarity": 5, "originality": 3, "engagement": 4}
 REPO = "user/flywheel-feedback-bench"
 PROMPT = "Advice for founders"
 SECRET = "the feedback benchmark's own key, never a Space's"
+CLIENT_PROCESSES = 4
+"""Processes the concurrent clients are spread over (see `run_clients`)."""
 GENERATION = {"temperature": 0.7, "top_k": 50, "top_p": 0.9, "repetition_penalty": 1.1, "max_new_tokens": 96,
               "seed": None}
 ServedFor = Callable[[str], Any]
@@ -104,27 +107,36 @@ def build_minimal(feedback: FeedbackCallback, workdir: Path, concurrency: int) -
     return app
 
 
-def run_clients(url: str, base: str | None, *, clients: int, requests: int,
-                via: str = "gradio_client") -> tuple[list[float], float]:
+def run_clients(url: str, base: str | None, *, clients: int, requests: int, via: str = "gradio_client",
+                processes: int = CLIENT_PROCESSES) -> tuple[list[float], float]:
     """Latencies (s) of `clients` concurrent clients sending `requests` each, and the wall time.
 
-    The clients run in a process of their own, as visitors do: in the server's process their threads
-    would share its GIL (32 client threads beside the server gave p99 0.14-0.47 s on the HTTP route,
-    with the server's own work unchanged). `base` is the base model the suite's tickets name (None: the
-    minimal app, no ticket). `via` is "gradio_client" or "http" (the suite's feedback route). Each client
-    first sends one untimed request (connection and session set-up), so the folder ends up with
+    The clients run in `processes` processes of their own that start together, as visitors do: in the
+    server's process their threads would share its GIL (32 client threads beside the server gave p99
+    0.14-0.47 s on the HTTP route, with the server's own work unchanged), and 32 in one process queue
+    for that process's GIL in the same way. `base` is the base model the suite's tickets name (None:
+    the minimal app, no ticket). `via` is "gradio_client" or "http" (the suite's feedback route). Each
+    client first sends one untimed request (connection and session set-up), so the folder ends up with
     `clients * (requests + 1)` rows.
     """
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        return pool.submit(_clients_in_this_process, url, base, clients=clients, requests=requests,
-                           via=via).result()
+    processes = max(1, min(processes, clients))
+    shares = [clients // processes + (n < clients % processes) for n in range(processes)]
+    context = multiprocessing.get_context("spawn")
+    with context.Manager() as manager, ProcessPoolExecutor(max_workers=processes, mp_context=context) as pool:
+        ready = manager.Barrier(processes)
+        jobs = [pool.submit(_clients_in_this_process, url, base, clients=share, requests=requests, via=via,
+                            ready=ready) for share in shares]
+        results = [job.result() for job in jobs]
+    starts, ends = zip(*(span for _, span in results), strict=True)
+    return [latency for latencies, _ in results for latency in latencies], max(ends) - min(starts)
 
 
-def _clients_in_this_process(url: str, base: str | None, *, clients: int, requests: int,
-                             via: str) -> tuple[list[float], float]:
+def _clients_in_this_process(url: str, base: str | None, *, clients: int, requests: int, via: str,
+                             ready: Any) -> tuple[list[float], tuple[float, float]]:
+    """Latencies and (start, end) on the machine's monotonic clock, which every process shares."""
     from gradio_client import Client
 
     served_for: ServedFor = (lambda text: None) if base is None else functools.partial(signed, base)
@@ -148,17 +160,18 @@ def _clients_in_this_process(url: str, base: str | None, *, clients: int, reques
             errors.append(error)
 
     threads = [threading.Thread(target=client_loop, args=(client, n)) for n, client in enumerate(pool)]
+    ready.wait()  # every process has its clients connected: the load starts at once
     start = time.perf_counter()
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    wall = time.perf_counter() - start
+    end = time.perf_counter()
     for client in pool:
         client.close()
     if errors:
         raise RuntimeError(f"{len(errors)} client(s) failed: {errors[0]!r}")
-    return latencies, wall
+    return latencies, (start, end)
 
 
 def send(client: Any, text: str, served_for: ServedFor) -> None:
@@ -211,6 +224,8 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=50, help="Requests per client.")
     parser.add_argument("--concurrency", type=int, default=32, help="Gradio queue concurrency limit.")
     parser.add_argument("--every", type=float, default=0.05, help="Minutes between Hub commits (Hub row).")
+    parser.add_argument("--client-processes", type=int, default=CLIENT_PROCESSES,
+                        help="Processes the clients are spread over (visitors do not share one GIL).")
     parser.add_argument("--forgeries", type=int, default=5, help="Attempts per kind of forged feedback.")
     args = parser.parse_args()
     os.environ[SECRET_ENV] = SECRET  # the suite signs with the key the clients sign with
@@ -234,10 +249,12 @@ def main() -> None:
                 folder = work / f"app-{via}-{clients}"
                 with FeedbackCallback(folder=folder) as feedback:
                     app = builder(feedback, work, args.concurrency)
+                    startup_heap.freeze()  # as `python -m demos` does before it serves
                     _, url, _ = app.launch(prevent_thread_lock=True, server_name="127.0.0.1", quiet=True)
                     try:
                         latencies, wall = run_clients(url, ticket_base(app), clients=clients,
-                                                      requests=args.requests, via=via)
+                                                      requests=args.requests, via=via,
+                                                      processes=args.client_processes)
                     finally:
                         app.close()
                 check = rows_ok(folder, len(latencies) + clients)
@@ -262,6 +279,7 @@ def hub_row(builder: Callable[..., Any], work: Path, *, clients: int, requests: 
         feedback.push(timeout=60)
         before = server.commit_count(REPO, "dataset")
         app = builder(feedback, work, concurrency)
+        startup_heap.freeze()
         _, url, _ = app.launch(prevent_thread_lock=True, server_name="127.0.0.1", quiet=True)
         try:
             latencies, wall = run_clients(url, ticket_base(app), clients=clients, requests=requests)

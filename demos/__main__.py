@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     from hub.errors import FlywheelError
     from hub.feedback.callback import FeedbackCallback
     from hub.repos import parse_adapter_specs
-    from serving import compute_threads
+    from serving import compute_threads, startup_heap
     from serving.backends import open_backend
     from serving.guard import GuardConfig
     from serving.judges import parse_judge_specs
@@ -163,6 +163,7 @@ def main(argv: list[str] | None = None) -> int:
                     arena=ArenaSides(a=args.arena_a, b=args.arena_b), access=access, guard=guard, online=online,
                     stream_every=args.stream_every)
     stop_on_sigterm()
+    startup_heap.freeze()  # the model and the app live as long as the process: see serving.startup_heap
     try:
         app.launch(server_name=args.host, server_port=args.port, show_error=True, max_file_size=MAX_FILE_SIZE,
                    mcp_server=args.mcp)

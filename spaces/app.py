@@ -49,7 +49,7 @@ from hub.errors import FlywheelError  # noqa: E402
 from hub.feedback.callback import FeedbackCallback  # noqa: E402
 from hub.paths import choose_home  # noqa: E402
 from hub.space import SpaceConfig  # noqa: E402
-from serving import compute_threads  # noqa: E402
+from serving import compute_threads, startup_heap  # noqa: E402
 from serving.backends import GenerationBackend, open_backend  # noqa: E402
 from serving.batching import MAX_BATCH  # noqa: E402
 from serving.guard import GuardConfig, ToxicityGuard  # noqa: E402
@@ -199,6 +199,7 @@ def main() -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     stop_on_sigterm()
+    startup_heap.freeze()  # the model and the app live as long as the process: see serving.startup_heap
     try:
         space.launch()
     finally:
