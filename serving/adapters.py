@@ -20,6 +20,7 @@ from typing import Any
 
 from hub.errors import FlywheelError, first_line
 from hub.repos import ADAPTER_CONFIG, ADAPTER_WEIGHTS, PICKLE_SUFFIXES
+from serving.models import inner_model
 
 WEIGHT_PREFIX = "base_model.model."
 LORA_PARTS = frozenset({"base_layer", "lora_A", "lora_B", "lora_dropout", "lora_embedding_A", "lora_embedding_B",
@@ -158,9 +159,8 @@ def _check_against_model(path: Path, lora: Any, shapes: dict[str, tuple[int, ...
 
 def _base_layers(model: Any) -> dict[str, Any]:
     """The base model's modules by name, as PEFT names them, with LoRA wrappers seen through."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
     return {name: module.get_base_layer() if hasattr(module, "get_base_layer") else module
-            for name, module in base.named_modules() if name and not LORA_PARTS & set(name.split("."))}
+            for name, module in inner_model(model).named_modules() if name and not LORA_PARTS & set(name.split("."))}
 
 
 def _targeted(lora: Any, layers: dict[str, Any], model: Any) -> set[str]:
@@ -168,7 +168,7 @@ def _targeted(lora: Any, layers: dict[str, Any], model: Any) -> set[str]:
     from peft.tuners.tuners_utils import check_target_module_exists
 
     if isinstance(lora.target_modules, str) and lora.target_modules.lower() == "all-linear":
-        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        base = inner_model(model)
         output = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
         output = output.get_base_layer() if hasattr(output, "get_base_layer") else output
         return {name for name, layer in layers.items() if layer is not output and _is_linear(layer)}

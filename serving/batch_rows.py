@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
+from serving.models import inner_model
 from serving.prefix_cache import Layers, PrefixCache
 
 BASE_ROW = "__base__"
@@ -59,7 +60,7 @@ class Row:
     def __init__(self, model: Any, request: Request) -> None:
         import torch
 
-        base = _base(model)
+        base = inner_model(model)
         self.request = request
         self.ids = request.encoded["input_ids"]
         self.position = self.ids.shape[1]
@@ -171,12 +172,8 @@ def _stacked(known: list[Layers | None], width: int) -> Layers:
 
 
 def _supports_logits_to_keep(model: Any) -> bool:
-    return _base(model)._supports_logits_to_keep()
+    return inner_model(model)._supports_logits_to_keep()
 
-
-def _base(model: Any) -> Any:
-    """The transformers model inside a PEFT wrapper (or the model itself)."""
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
 class RowBatch:

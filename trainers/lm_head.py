@@ -17,6 +17,8 @@ from typing import Any
 
 import torch
 
+from serving.models import inner_model
+
 CHUNK_TOKENS = 512
 """Rows projected through the vocabulary at once: 512 x 49152 float32 logits are ~100 MB."""
 _SCALED_LOGITS = ("final_logit_softcapping", "logit_scale", "output_multiplier", "lm_head_multiplier",
@@ -31,7 +33,7 @@ def compact_lm_head(model: Any) -> bool:
     kernel already skips unlabelled positions, so the head is left as it is; so are models whose
     logits are scaled or capped, and MoE models (TRL's head adds their load-balancing loss).
     """
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = inner_model(model)
     config = base.config.get_text_config()
     patched = vars(base).get("forward")
     if torch.cuda.is_available() or getattr(getattr(patched, "__func__", None), "__code__", None) is None:
