@@ -175,7 +175,6 @@ def _supports_logits_to_keep(model: Any) -> bool:
     return inner_model(model)._supports_logits_to_keep()
 
 
-
 class RowBatch:
     """Rows decoded together, and their left-padded KV cache."""
 
