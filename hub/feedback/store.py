@@ -201,14 +201,14 @@ class FeedbackStore:
             finally:
                 for fd in dirty:
                     os.close(fd)
-            for row in waiting:
-                error = row.failure or failure
-                if error is not None:
+            errors = [row.failure or failure for row in waiting]
+            with self._lock:  # counted before anyone hears back, as `log()` promises
+                self.count += errors.count(None)
+            for row, error in zip(waiting, errors, strict=True):
+                if error is None:
+                    row.pending.set_result(row.record)
+                else:
                     row.pending.set_exception(FlywheelError(self._not_saved(error)))
-                    continue
-                with self._lock:
-                    self.count += 1
-                row.pending.set_result(row.record)
 
     def _not_saved(self, error: OSError) -> str:
         return f"Feedback could not be saved in {self.folder}: {error}"
